@@ -1,0 +1,86 @@
+"""The exceptions anon-tasks raises.
+
+One base class, three branches::
+
+    AnonTasksError
+    ├── ConfigurationError   bad settings or paths; raised before any work starts
+    ├── ModelError           the detector model is missing, altered or cannot run
+    │   └── ProviderError    an execution provider was asked for and cannot load
+    └── ImageError           one image cannot be anonymised; the run records it and goes on
+        ├── ImageDecodeError       corrupt, truncated or not an image at all
+        ├── ImageTooLargeError     more pixels than the configured limit (decompression bombs)
+        ├── UnsupportedImageError  a format or layout that cannot be written back faithfully
+        └── ImageEncodeError       the anonymised pixels could not be encoded
+
+Every ``ImageError`` carries the name of the file it is about, so a report can list failures
+without the caller threading names through. Nothing here holds credentials: messages are safe
+to log and to write into the manifest.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnonTasksError",
+    "ConfigurationError",
+    "ImageDecodeError",
+    "ImageEncodeError",
+    "ImageError",
+    "ImageTooLargeError",
+    "ModelError",
+    "ProviderError",
+    "UnsupportedImageError",
+]
+
+
+class AnonTasksError(Exception):
+    """Base class of every error raised on purpose by anon-tasks."""
+
+
+class ConfigurationError(AnonTasksError, ValueError):
+    """A setting, path or combination of them is invalid.
+
+    Attributes:
+        field: The name of the offending setting, when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ModelError(AnonTasksError):
+    """The face detector model cannot be found, verified or loaded."""
+
+
+class ProviderError(ModelError):
+    """An ONNX Runtime execution provider was requested but cannot be used."""
+
+
+class ImageError(AnonTasksError):
+    """One image cannot be anonymised.
+
+    Attributes:
+        source: The file name or URL of the image, as the caller named it.
+        reason: What went wrong, without the file name.
+    """
+
+    def __init__(self, reason: str, *, source: str = "<bytes>") -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class ImageDecodeError(ImageError):
+    """The bytes are not a decodable image (corrupt, truncated or another kind of file)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image declares more pixels than allowed; refused before decoding."""
+
+
+class UnsupportedImageError(ImageError):
+    """The image decodes but cannot be anonymised and written back in its own format."""
+
+
+class ImageEncodeError(ImageError):
+    """Encoding the anonymised image failed."""

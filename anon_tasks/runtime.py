@@ -1,0 +1,216 @@
+"""ONNX Runtime sessions: the execution provider that really runs, one session per model and device.
+
+``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as available even where the CUDA libraries
+are missing; asking for it then silently falls back to CPU. So CUDA is chosen only when its
+provider library loads, and every session is checked for the provider it really got.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import io
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from anon_tasks.errors import ProviderError
+from anon_tasks.model import ModelFile, prepare_for_inference
+
+__all__ = ["DeviceSpec", "InferenceSession", "cuda_unavailable_reason", "get_session"]
+
+logger = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+_ORT_WARNING, _ORT_ERROR, _ORT_FATAL = 2, 3, 4
+
+# ONNX Runtime's C++ logger writes straight to stderr; keep warnings out of the user's console.
+ort.set_default_logger_severity(_ORT_ERROR)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A parsed ``device`` setting: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    kind: str
+    device_id: int = 0
+
+    @classmethod
+    def parse(cls, device: str) -> DeviceSpec:
+        device = device.strip().lower()
+        if device in ("auto", "cpu", "cuda"):
+            return cls(kind=device)
+        if device.startswith("cuda:") and device[5:].isdigit():
+            return cls(kind="cuda", device_id=int(device[5:]))
+        raise ProviderError(f"device={device!r} is invalid: use auto, cpu, cuda or cuda:N")
+
+    @property
+    def wants_cuda(self) -> bool:
+        return self.kind in ("auto", "cuda")
+
+
+@dataclass(frozen=True)
+class InferenceSession:
+    """A ready ONNX Runtime session and what it runs on."""
+
+    session: ort.InferenceSession
+    provider: str
+    device_id: int | None
+    model_sha256: str
+    input_name: str
+    output_names: tuple[str, ...]
+
+
+_cuda_lock = threading.Lock()
+_cuda_reason: list[str | None] = []
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA cannot be used in this process, or ``None`` when its provider library loads.
+
+    Loads CUDA and cuDNN from the ``nvidia-*`` pip wheels first (the ``cuda`` extra), the way
+    ONNX Runtime documents. The answer is computed once per process.
+    """
+    with _cuda_lock:
+        if not _cuda_reason:
+            _cuda_reason.append(_probe_cuda())
+        return _cuda_reason[0]
+
+
+def _probe_cuda() -> str | None:
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+    _preload_cuda_wheels()
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if os.name == "nt":
+        library = library.with_name("onnxruntime_providers_cuda.dll")
+    if not library.exists():
+        return f"{library.name} is missing from the onnxruntime package"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        missing = str(exc).split(":")[0].strip() or str(exc)
+        return f"CUDA libraries cannot load ({missing}); install anon-tasks[cuda]"
+    return None
+
+
+def _preload_cuda_wheels() -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip wheels (the ``cuda`` extra) when they are installed."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or importlib.util.find_spec("nvidia") is None:
+        return
+    chatter = io.StringIO()  # preload_dlls prints what it cannot find; keep it for the debug log
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            preload(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # best effort: loading the provider library gives the verdict
+        logger.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if chatter.getvalue().strip():
+        logger.debug("onnxruntime.preload_dlls: %s", chatter.getvalue().strip())
+
+
+_sessions_lock = threading.Lock()
+_sessions: dict[tuple[str, DeviceSpec, int], InferenceSession] = {}
+
+
+def get_session(
+    model: ModelFile, device: DeviceSpec, *, intra_op_threads: int | None = None
+) -> InferenceSession:
+    """The process-wide session for ``model`` on ``device``, built on first use.
+
+    Raises:
+        ProviderError: CUDA was asked for explicitly and cannot be used.
+    """
+    threads = intra_op_threads or _available_cores()
+    key = (model.sha256, device, threads)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _build_session(model, device, threads)
+            _sessions[key] = session
+        return session
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = _ORT_ERROR
+    return options
+
+
+def _build_session(model: ModelFile, device: DeviceSpec, threads: int) -> InferenceSession:
+    model_bytes = prepare_for_inference(model.content)
+    reason = None
+    if device.wants_cuda:
+        reason = cuda_unavailable_reason()
+        if reason is None:
+            session = _try_cuda_session(model_bytes, device, threads)
+            if session is not None:
+                logger.info(
+                    "face detector on CUDAExecutionProvider, device %d (%d threads for CPU ops)",
+                    device.device_id,
+                    threads,
+                )
+                return _wrap(session, model, CUDA_PROVIDER, device.device_id)
+            reason = f"a CUDA session on device {device.device_id} could not be created"
+        if device.kind == "cuda":
+            raise ProviderError(f"device='cuda' requested but CUDA cannot be used: {reason}")
+    session = ort.InferenceSession(
+        model_bytes, sess_options=_session_options(threads), providers=[CPU_PROVIDER]
+    )
+    why = "as requested" if device.kind == "cpu" else f"CUDA unavailable: {reason}"
+    logger.info("face detector on CPUExecutionProvider, %d threads (%s)", threads, why)
+    return _wrap(session, model, CPU_PROVIDER, None)
+
+
+def _try_cuda_session(
+    model_bytes: bytes, device: DeviceSpec, threads: int
+) -> ort.InferenceSession | None:
+    options = _session_options(threads)
+    cuda_options = {"device_id": device.device_id, "cudnn_conv_algo_search": "HEURISTIC"}
+    # A failed CUDA init is logged by ONNX Runtime as an error before it falls back; we report it
+    # ourselves in one line, so silence its logger for this attempt.
+    ort.set_default_logger_severity(_ORT_FATAL)
+    try:
+        session = ort.InferenceSession(
+            model_bytes,
+            sess_options=options,
+            providers=[(CUDA_PROVIDER, cuda_options), CPU_PROVIDER],
+        )
+    except Exception as exc:
+        logger.debug("CUDA session failed: %s", exc)
+        return None
+    finally:
+        ort.set_default_logger_severity(_ORT_ERROR)
+    if session.get_providers()[0] != CUDA_PROVIDER:
+        return None
+    return session
+
+
+def _wrap(
+    session: ort.InferenceSession, model: ModelFile, provider: str, device_id: int | None
+) -> InferenceSession:
+    return InferenceSession(
+        session=session,
+        provider=provider,
+        device_id=device_id,
+        model_sha256=model.sha256,
+        input_name=session.get_inputs()[0].name,
+        output_names=tuple(output.name for output in session.get_outputs()),
+    )

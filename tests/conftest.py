@@ -1,0 +1,42 @@
+"""Shared fixtures: real photos from scikit-image and the shared evaluation corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The read-only corpus beside the checkout; ANON_TASKS_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("ANON_TASKS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+#: Set by .ci/run: a test that needs the corpus fails instead of skipping when it is absent.
+REQUIRE_SHARED = os.environ.get("ANON_TASKS_REQUIRE_SHARED_DATA", "") not in ("", "0")
+
+
+def shared_path(*parts: str) -> Path:
+    """Path into ``../shared/data``; skips the test (or fails under CI) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        message = f"shared test data not found: {path} (set ANON_TASKS_SHARED_DATA)"
+        if REQUIRE_SHARED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut_rgb() -> np.ndarray:
+    """scikit-image's astronaut photo, 512x512 RGB uint8, one frontal face."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def camera_gray() -> np.ndarray:
+    """scikit-image's cameraman photo, 512x512 grayscale uint8, one face in profile."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.camera())

