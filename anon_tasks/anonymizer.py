@@ -1,0 +1,117 @@
+"""The library path: decode, detect, mask and encode one image, with no Prefect involved.
+
+Fail closed: an image is encoded only after every frame has been searched and masked, and a file
+is written only once its bytes exist in full. Any error leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from anon_tasks.codec import DecodedImage, decode_image, encode_image, to_detector_rgb, with_frames
+from anon_tasks.detections import Face, faces_above
+from anon_tasks.detector import SCORE_FLOOR, CenterFaceDetector
+from anon_tasks.masking import mask_faces
+from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings, OutputSettings
+from anon_tasks.storage import read_bytes, write_bytes_atomic
+
+__all__ = ["AnonymizedImage", "Anonymizer"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnonymizedImage:
+    """An encoded anonymised image and the faces that were masked in it.
+
+    Attributes:
+        content: The encoded file, in the source's format.
+        faces: Faces above the threshold, in upright source pixels, before ``mask_scale``.
+        format: The Pillow format name (``JPEG``, ``PNG``...).
+        frame_count: Frames searched and masked (2 for an MPO stereo pair, N for an animation).
+    """
+
+    content: bytes
+    faces: tuple[Face, ...]
+    format: str
+    frame_count: int
+
+    def __repr__(self) -> str:
+        return (
+            f"AnonymizedImage(format={self.format!r}, bytes={len(self.content)}, "
+            f"faces={len(self.faces)}, frames={self.frame_count})"
+        )
+
+
+class Anonymizer:
+    """Anonymises faces in images with one set of settings.
+
+    The detector session is built once per process and device and shared by every instance.
+
+    Example:
+        >>> anonymizer = Anonymizer(masking=MaskSettings(method=AnonymizeMethod.MOSAIC))
+        >>> result = anonymizer.anonymize_file("photos/a.jpg", "out/a.jpg")
+        >>> len(result.faces)
+        1
+    """
+
+    def __init__(
+        self,
+        detection: DetectionSettings | None = None,
+        masking: MaskSettings | None = None,
+        output: OutputSettings | None = None,
+    ) -> None:
+        self.detection = detection or DetectionSettings()
+        self.masking = masking or MaskSettings()
+        self.output = output or OutputSettings()
+        self.detector = CenterFaceDetector(self.detection)
+
+    def decode(self, content: bytes, *, source: str = "<bytes>") -> DecodedImage:
+        """Decode upright frames, refusing images above the pixel limit."""
+        return decode_image(content, source=source, max_pixels=self.output.max_pixels)
+
+    def detect(self, image: DecodedImage, *, score_floor: float | None = None) -> tuple[Face, ...]:
+        """Faces in every frame scoring above ``score_floor`` (default: the threshold)."""
+        floor = self.detection.threshold if score_floor is None else score_floor
+        faces: list[Face] = []
+        for index, frame in enumerate(image.frames):
+            found = self.detector.detect(
+                to_detector_rgb(frame), score_floor=min(floor, SCORE_FLOOR)
+            )
+            faces.extend(found.above(floor).to_faces(frame=index))
+        return tuple(faces)
+
+    def mask(self, image: DecodedImage, faces: tuple[Face, ...]) -> DecodedImage:
+        """Mask ``faces`` in their frames; returns new pixels with the same metadata."""
+        if self.masking.method is AnonymizeMethod.NONE:
+            return image
+        frames = [
+            mask_faces(frame, [face for face in faces if face.frame == index], self.masking)
+            for index, frame in enumerate(image.frames)
+        ]
+        return with_frames(image, frames)
+
+    def anonymize_bytes(self, content: bytes, *, source: str = "<bytes>") -> AnonymizedImage:
+        """Decode, detect, mask and encode one image held in memory.
+
+        Raises:
+            ImageError: The image cannot be decoded, is too large, or cannot be written back in
+                its format. Nothing is returned for it.
+        """
+        image = self.decode(content, source=source)
+        faces = faces_above(self.detect(image), self.detection.threshold)
+        encoded = encode_image(self.mask(image, faces), settings=self.output, source=source)
+        logger.debug("%s: %d face(s) in %d frame(s)", source, len(faces), len(image.frames))
+        return AnonymizedImage(
+            content=encoded, faces=faces, format=image.format, frame_count=len(image.frames)
+        )
+
+    def anonymize_file(self, source_url: str, dest_url: str) -> AnonymizedImage:
+        """Anonymise the file at ``source_url`` into ``dest_url`` (local paths or fsspec URLs).
+
+        The destination appears whole or not at all; on any error it is not created.
+        """
+        result = self.anonymize_bytes(read_bytes(source_url), source=source_url)
+        write_bytes_atomic(dest_url, result.content)
+        return result

