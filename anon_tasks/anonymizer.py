@@ -92,6 +92,10 @@ class Anonymizer:
         ]
         return with_frames(image, frames)
 
+    def encode(self, image: DecodedImage, *, source: str = "<bytes>") -> bytes:
+        """Encode (masked) frames in the source's format with the output settings."""
+        return encode_image(image, settings=self.output, source=source)
+
     def anonymize_bytes(self, content: bytes, *, source: str = "<bytes>") -> AnonymizedImage:
         """Decode, detect, mask and encode one image held in memory.
 
@@ -101,7 +105,7 @@ class Anonymizer:
         """
         image = self.decode(content, source=source)
         faces = faces_above(self.detect(image), self.detection.threshold)
-        encoded = encode_image(self.mask(image, faces), settings=self.output, source=source)
+        encoded = self.encode(self.mask(image, faces), source=source)
         logger.debug("%s: %d face(s) in %d frame(s)", source, len(faces), len(image.frames))
         return AnonymizedImage(
             content=encoded, faces=faces, format=image.format, frame_count=len(image.frames)

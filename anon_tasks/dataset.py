@@ -1,15 +1,33 @@
-"""Image datasets: which files count as images, and walking a folder or prefix for them."""
+"""Image datasets: which files are images, and listing a folder or prefix with fingerprints.
+
+Listing is a generator: a prefix with many objects is walked, not loaded at once. Each image
+comes with its caption sidecars (same stem) and a content fingerprint from the listing alone
+(size and mtime locally, ETag or version id on object stores), so a rerun reads no image to
+know that it is unchanged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 import fsspec
 
-from anon_tasks.storage import is_local
+from anon_tasks.records import ImageRef, SidecarRef
+from anon_tasks.storage import is_local, local_path, object_fingerprint
 
-__all__ = ["CAPTION_SUFFIXES", "IMAGE_SUFFIXES", "is_image_name", "iter_image_paths"]
+__all__ = [
+    "CAPTION_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "is_image_name",
+    "iter_image_paths",
+    "list_dataset",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Extensions read as images (case-insensitive). Every one can be written back in its format.
 IMAGE_SUFFIXES = frozenset(
@@ -22,28 +40,79 @@ CAPTION_SUFFIXES = (".txt", ".caption", ".json")
 
 def is_image_name(name: str) -> bool:
     """Whether a file name has an image extension; hidden files never count."""
-    return not PurePosixPath(name).name.startswith(".") and (
-        PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
-    )
+    pure = PurePosixPath(name)
+    return not pure.name.startswith(".") and pure.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _walk_local(root: Path) -> Iterator[tuple[str, int, str]]:
+    """(relative path, size, fingerprint) of regular files under ``root``, inside it only."""
+    resolved_root = root.resolve()
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(resolved_root):
+                logger.warning("skipping %s: a link to outside the source", path)
+                continue
+            try:
+                stat = path.stat()
+            except OSError:  # vanished or a dangling link
+                continue
+            relative = path.relative_to(root).as_posix()
+            yield relative, stat.st_size, f"size:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
+
+
+def _walk_remote(root_url: str) -> Iterator[tuple[str, int, str]]:
+    fs, root_path = fsspec.core.url_to_fs(root_url)
+    root_path = root_path.rstrip("/")
+    for path, info in sorted(fs.find(root_path, detail=True).items()):
+        if info.get("type", "file") != "file":
+            continue
+        relative = path[len(root_path) :].lstrip("/")
+        if any(part.startswith(".") for part in PurePosixPath(relative).parts[:-1]):
+            continue
+        yield relative, int(info.get("size") or 0), object_fingerprint(info)
+
+
+def _group_by_folder(
+    entries: Iterable[tuple[str, int, str]],
+) -> Iterator[list[tuple[str, int, str]]]:
+    """Consecutive entries of one folder (entries arrive sorted, folder by folder)."""
+    batch: list[tuple[str, int, str]] = []
+    folder: str | None = None
+    for entry in entries:
+        parent = str(PurePosixPath(entry[0]).parent)
+        if batch and parent != folder:
+            yield batch
+            batch = []
+        folder = parent
+        batch.append(entry)
+    if batch:
+        yield batch
+
+
+def list_dataset(root_url: str) -> Iterator[ImageRef]:
+    """The images under ``root_url`` with fingerprints and caption sidecars, in path order."""
+    walk = _walk_local(local_path(root_url)) if is_local(root_url) else _walk_remote(root_url)
+    for batch in _group_by_folder(walk):
+        sidecars: dict[str, list[SidecarRef]] = defaultdict(list)
+        for relative, _size, fingerprint in batch:
+            pure = PurePosixPath(relative)
+            if pure.suffix.lower() in CAPTION_SUFFIXES:
+                sidecars[str(pure.with_suffix(""))].append(
+                    SidecarRef(relative_path=relative, fingerprint=fingerprint)
+                )
+        images = sorted(entry for entry in batch if is_image_name(entry[0]))
+        for relative, size, fingerprint in images:
+            yield ImageRef(
+                relative_path=relative,
+                size_bytes=size,
+                fingerprint=fingerprint,
+                sidecars=tuple(sidecars.get(str(PurePosixPath(relative).with_suffix("")), ())),
+            )
 
 
 def iter_image_paths(root_url: str) -> Iterator[str]:
-    """Relative POSIX paths of the images under ``root_url``, sorted, skipping hidden folders."""
-    if is_local(root_url):
-        root = Path(root_url.removeprefix("file://"))
-        for path in sorted(root.rglob("*")):
-            relative = path.relative_to(root)
-            if any(part.startswith(".") for part in relative.parts[:-1]):
-                continue
-            if path.is_file() and is_image_name(path.name):
-                yield relative.as_posix()
-        return
-    fs, root_path = fsspec.core.url_to_fs(root_url)
-    root_path = root_path.rstrip("/")
-    for path in sorted(fs.find(root_path)):
-        relative = path[len(root_path) :].lstrip("/")
-        parts = PurePosixPath(relative).parts
-        if any(part.startswith(".") for part in parts[:-1]):
-            continue
-        if is_image_name(relative):
-            yield relative
+    """Relative POSIX paths of the images under ``root_url``, in path order."""
+    for image in list_dataset(root_url):
+        yield image.relative_path

@@ -19,6 +19,7 @@ __all__ = [
     "DetectionSettings",
     "MaskSettings",
     "OutputSettings",
+    "RunSettings",
     "build_settings",
 ]
 
@@ -116,6 +117,47 @@ class OutputSettings(_Settings):
         ge=1,
         description="Refuse images with more pixels than this (all frames together), before "
         "decoding: protects against decompression bombs.",
+    )
+
+
+class RunSettings(_Settings):
+    """How a dataset run is organised: shards, failures, captions and caching."""
+
+    shard_size: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Average images per task run. Shards are stable: adding an image to the "
+        "dataset changes only the shard it falls in.",
+    )
+    allow_failures: bool = Field(
+        default=False,
+        description="End the run Completed even when some images could not be anonymised "
+        "(they are listed in the manifest either way).",
+    )
+    allow_dest_inside_source: bool = Field(
+        default=False,
+        description="Allow dest to be inside (or equal to) source. Off: such a run is refused, "
+        "since outputs would be listed as inputs next time.",
+    )
+    caption_note: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Text added to an image's caption sidecars (.txt/.caption/.json) in dest "
+        "when faces were masked in it, e.g. 'faces are blurred'.",
+    )
+    result_storage: str | None = Field(
+        default=None,
+        description="Where detections and cache records are stored: a Prefect block slug "
+        "(e.g. 's3-bucket/anon-cache'), a local path or an fsspec URL. Empty: "
+        "<dest>/_anonymize/cache for a local dest, Prefect's default result storage otherwise.",
+    )
+    max_workers: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="Shards in flight at once: reading, masking and writing overlap with "
+        "inference (which itself runs one batch at a time per device).",
     )
 
 

@@ -1,0 +1,50 @@
+"""The run's audit manifest: ``<dest>/_anonymize/manifest.jsonl``, one JSON object per image."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+from anon_tasks.records import ManifestRow
+from anon_tasks.storage import join_url, read_bytes, write_bytes_atomic
+
+__all__ = ["MANIFEST_DIR", "MANIFEST_NAME", "manifest_url", "read_manifest", "write_manifest"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_DIR = "_anonymize"
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def manifest_url(dest: str) -> str:
+    """Where the manifest of a dataset written to ``dest`` lives."""
+    return join_url(dest, f"{MANIFEST_DIR}/{MANIFEST_NAME}")
+
+
+def read_manifest(dest: str, **storage_options: object) -> dict[str, ManifestRow]:
+    """The previous run's rows by source path; empty when there is none or it is unreadable."""
+    try:
+        content = read_bytes(manifest_url(dest), **storage_options)
+    except FileNotFoundError:
+        return {}
+    rows: dict[str, ManifestRow] = {}
+    for number, line in enumerate(content.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = ManifestRow.model_validate_json(line)
+        except ValueError:
+            logger.warning("manifest line %d is not a valid row; ignored", number)
+            continue
+        rows[row.source] = row
+    return rows
+
+
+def write_manifest(dest: str, rows: Iterable[ManifestRow], **storage_options: object) -> str:
+    """Write the manifest (sorted by source path) in one atomic step; returns its URL."""
+    ordered = sorted(rows, key=lambda row: row.source)
+    lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in ordered]
+    url = manifest_url(dest)
+    write_bytes_atomic(url, ("\n".join(lines) + "\n").encode("utf-8"), **storage_options)
+    return url

@@ -1,0 +1,124 @@
+"""Small frozen values that cross task boundaries: image references, detections, manifest rows.
+
+None of them holds pixels. They are what Prefect persists as task results and what the run's
+manifest is made of.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from anon_tasks.detections import Face
+
+__all__ = [
+    "ImageDetections",
+    "ImageRef",
+    "ImageStatus",
+    "ManifestFace",
+    "ManifestRow",
+    "RunSummary",
+    "ShardDetections",
+    "SidecarRef",
+]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SidecarRef(_Record):
+    """A caption file beside an image (same stem), with its content fingerprint."""
+
+    relative_path: str
+    fingerprint: str
+
+
+class ImageRef(_Record):
+    """One source image: where it is, and a fingerprint that changes when its content does.
+
+    The fingerprint is the size with the modification time (local files) or the ETag / version
+    id (object stores), so a file changed in place is never mistaken for the old one.
+    """
+
+    relative_path: str = Field(description="POSIX path relative to the source root.")
+    size_bytes: int = Field(ge=0)
+    fingerprint: str = Field(description="Content fingerprint: size and mtime, or ETag.")
+    sidecars: tuple[SidecarRef, ...] = ()
+
+
+class ImageDetections(_Record):
+    """Every face candidate above the score floor in one image, or why it could not be read.
+
+    Stored per image and per shard in the result storage, so a rerun with another threshold
+    (down to the floor), method or mask size never runs the model again.
+    """
+
+    image: ImageRef
+    faces: tuple[Face, ...] = ()
+    score_floor: float
+    frame_count: int = 0
+    error: str | None = None
+
+
+class ShardDetections(_Record):
+    """Detections of one shard, and what producing them cost in this task run."""
+
+    images: tuple[ImageDetections, ...]
+    images_read: int = Field(default=0, description="Source images read by this task run.")
+    images_inferred: int = Field(default=0, description="Images the model ran on.")
+
+
+class ImageStatus(StrEnum):
+    """What a run did with one source image."""
+
+    WRITTEN = "written"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+
+
+class ManifestFace(_Record):
+    """A masked face as the manifest records it."""
+
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in upright pixels.")
+    score: float
+    frame: int = 0
+
+
+class ManifestRow(_Record):
+    """One line of ``_anonymize/manifest.jsonl``: the audit record of one source image."""
+
+    source: str = Field(description="Path relative to the source root.")
+    output: str | None = Field(description="Path relative to dest, or null when failed.")
+    status: ImageStatus
+    faces: tuple[ManifestFace, ...] = Field(
+        default=(), description="Faces at or above the threshold, before mask_scale."
+    )
+    error: str | None = None
+    source_fingerprint: str
+    output_fingerprint: str | None = None
+    render_key: str | None = Field(
+        default=None, description="Digest of everything that determines the output bytes."
+    )
+    parameters: dict[str, object] = Field(default_factory=dict)
+    model_sha256: str
+    package_version: str
+
+
+class RunSummary(_Record):
+    """What one run of the flow did; also the flow's return value."""
+
+    source: str
+    dest: str
+    images_total: int = 0
+    images_written: int = 0
+    images_unchanged: int = 0
+    images_failed: int = 0
+    images_inferred: int = Field(default=0, description="Images the model ran on in this run.")
+    images_read: int = Field(default=0, description="Source images read in this run.")
+    faces_found: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+    failed_images: tuple[str, ...] = ()
+    manifest: str | None = None

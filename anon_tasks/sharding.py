@@ -1,0 +1,46 @@
+"""Stable shards: groups of images that do not move when the dataset grows.
+
+A shard ends after every image whose path hash falls in a 1-in-``target_size`` bucket. The
+boundaries depend only on each path itself, so adding, removing or changing one image changes at
+most the shard it belongs to (or merges two neighbours when a boundary image is removed), and
+every other shard, and so its cache key, stays the same. Shards average ``target_size`` images;
+a hard cap of ``4 * target_size`` bounds the worst case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TypeVar
+
+__all__ = ["stable_shards"]
+
+_T = TypeVar("_T")
+
+
+def _is_boundary(path: str, target_size: int) -> bool:
+    digest = hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % target_size == 0
+
+
+def stable_shards(items: Sequence[_T], paths: Sequence[str], target_size: int) -> list[list[_T]]:
+    """Split ``items`` (sorted by ``paths``) into content-defined shards.
+
+    Args:
+        items: The values to group, in the order of ``paths``.
+        paths: One stable identifier per item (its relative path), sorted.
+        target_size: Average shard size; 1 puts every item in its own shard.
+    """
+    if target_size < 1:
+        raise ValueError("target_size must be at least 1")
+    cap = 4 * target_size
+    shards: list[list[_T]] = []
+    current: list[_T] = []
+    for item, path in zip(items, paths, strict=True):
+        current.append(item)
+        if target_size == 1 or _is_boundary(path, target_size) or len(current) >= cap:
+            shards.append(current)
+            current = []
+    if current:
+        shards.append(current)
+    return shards

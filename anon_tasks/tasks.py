@@ -1,0 +1,381 @@
+"""Prefect tasks: list, detect, mask and write, each a thin wrapper over the library core.
+
+Usable one by one in your own flow, or composed by ``anon_tasks.flows.anonymize_dataset``.
+Between tasks travel small frozen values (image references, detections, manifest rows); pixels
+stay inside a task. Encoded output bytes pass from ``mask_faces`` to ``write_images`` in memory
+and are never persisted as results.
+
+Caching: ``detect_faces`` is cached per shard by Prefect (its key digests every image's content
+fingerprint, the model's SHA-256, the score floor and the package version), and each image's
+detections are also stored under their own key in the same result storage, so a shard that
+gains one image runs the model on that image only. ``mask_faces`` skips an image whose output in
+dest still carries the fingerprint and render key the previous manifest recorded for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from anon_tasks import __version__
+from anon_tasks.anonymizer import Anonymizer
+from anon_tasks.cache_keys import detection_key, render_key, shard_detection_key
+from anon_tasks.captions import add_caption_note
+from anon_tasks.dataset import list_dataset
+from anon_tasks.detections import Face, faces_above
+from anon_tasks.detector import SCORE_FLOOR
+from anon_tasks.errors import ImageError
+from anon_tasks.model import load_model_file
+from anon_tasks.records import (
+    ImageDetections,
+    ImageRef,
+    ImageStatus,
+    ManifestFace,
+    ManifestRow,
+    ShardDetections,
+)
+from anon_tasks.settings import (
+    AnonymizeMethod,
+    DetectionSettings,
+    MaskSettings,
+    OutputSettings,
+)
+from anon_tasks.storage import file_fingerprint, join_url, read_bytes, write_bytes_atomic
+
+__all__ = ["MaskedImage", "detect_faces", "list_images", "mask_faces", "write_images"]
+
+_DEFAULT_DETECTION = DetectionSettings()
+_DEFAULT_MASKING = MaskSettings()
+_DEFAULT_OUTPUT = OutputSettings()
+
+
+@dataclass(frozen=True)
+class MaskedImage:
+    """One image after masking: its encoded bytes (or why there are none) and its sidecars.
+
+    Held in memory between ``mask_faces`` and ``write_images`` only; never persisted.
+    """
+
+    image: ImageRef
+    status: ImageStatus
+    faces: tuple[Face, ...] = ()
+    content: bytes | None = None
+    sidecars: tuple[tuple[str, bytes], ...] = ()
+    render_key: str | None = None
+    error: str | None = None
+    previous: ManifestRow | None = None
+
+    def __repr__(self) -> str:
+        size = len(self.content) if self.content is not None else 0
+        return f"MaskedImage({self.image.relative_path!r}, {self.status.value}, {size} bytes)"
+
+
+# Anonymizers are cheap (the ONNX session is shared) but not free; reuse one per settings.
+_anonymizers: dict[tuple[DetectionSettings, MaskSettings, OutputSettings], Anonymizer] = {}
+_anonymizers_lock = threading.Lock()
+
+
+def _anonymizer(
+    detection: DetectionSettings, masking: MaskSettings, output: OutputSettings
+) -> Anonymizer:
+    key = (detection, masking, output)
+    with _anonymizers_lock:
+        if key not in _anonymizers:
+            _anonymizers[key] = Anonymizer(detection=detection, masking=masking, output=output)
+        return _anonymizers[key]
+
+
+@task(name="list-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def list_images(source: str) -> list[ImageRef]:
+    """List the images under ``source`` with content fingerprints and caption sidecars.
+
+    Args:
+        source: A local folder or fsspec URL.
+
+    Returns:
+        Image references sorted by relative path.
+
+    Example:
+        >>> images = list_images("s3://bucket/raw")
+    """
+    images = sorted(list_dataset(source), key=lambda image: image.relative_path)
+    get_run_logger().info("%d image(s) under %s", len(images), source)
+    return images
+
+
+def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    detection: DetectionSettings = parameters.get("detection") or _DEFAULT_DETECTION
+    return shard_detection_key(
+        parameters["images"],
+        source=parameters["source"],
+        model_sha256=load_model_file(detection.model_path).sha256,
+        score_floor=SCORE_FLOOR,
+        max_pixels=parameters.get("max_pixels") or _DEFAULT_OUTPUT.max_pixels,
+    )
+
+
+def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetections | None:
+    store = context.result_store if context else None
+    if store is None or not store.exists(key):
+        return None
+    try:
+        value = store.read(key).result
+    except Exception:  # an unreadable record is recomputed, never trusted
+        return None
+    return value if isinstance(value, ImageDetections) else None
+
+
+@task(
+    name="detect-faces",
+    cache_key_fn=_shard_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+)
+def detect_faces(
+    images: Sequence[ImageRef],
+    source: str,
+    detection: DetectionSettings = _DEFAULT_DETECTION,
+    max_pixels: int = _DEFAULT_OUTPUT.max_pixels,
+) -> ShardDetections:
+    """Find every face candidate above the score floor in a shard of images.
+
+    Candidates down to ``SCORE_FLOOR`` are kept so that any threshold at or above it can be
+    applied later without running the model again. Images that cannot be decoded are returned
+    with their error; the shard goes on.
+
+    Args:
+        images: The shard's image references (from ``list_images``).
+        source: The dataset root the references are relative to.
+        detection: Detector settings (model, device); the threshold is applied later.
+        max_pixels: Images above this many pixels are refused before decoding.
+
+    Returns:
+        Detections per image, and how many images were read and inferred in this run.
+    """
+    logger = get_run_logger()
+    context = TaskRunContext.get()
+    anonymizer = _anonymizer(detection, _DEFAULT_MASKING, OutputSettings(max_pixels=max_pixels))
+    model_sha = anonymizer.detector.model_sha256
+    results: list[ImageDetections] = []
+    read = inferred = 0
+    for image in images:
+        key = detection_key(
+            image,
+            source=source,
+            model_sha256=model_sha,
+            score_floor=SCORE_FLOOR,
+            max_pixels=max_pixels,
+        )
+        stored = _stored_detections(context, key)
+        if stored is not None:
+            results.append(stored)
+            continue
+        url = join_url(source, image.relative_path)
+        content = read_bytes(url)  # storage errors propagate: the task retries
+        read += 1
+        try:
+            decoded = anonymizer.decode(content, source=image.relative_path)
+            faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)
+            inferred += 1
+            found = ImageDetections(
+                image=image,
+                faces=faces,
+                score_floor=SCORE_FLOOR,
+                frame_count=len(decoded.frames),
+            )
+        except ImageError as exc:
+            logger.warning("cannot read %s: %s", image.relative_path, exc.reason)
+            found = ImageDetections(image=image, score_floor=SCORE_FLOOR, error=str(exc))
+        if context is not None and context.result_store is not None:
+            context.result_store.write(obj=found, key=key)
+        results.append(found)
+    logger.info("%d image(s): %d read, %d inferred", len(images), read, inferred)
+    return ShardDetections(images=tuple(results), images_read=read, images_inferred=inferred)
+
+
+def _is_unchanged(previous: ManifestRow | None, key: str, dest: str) -> bool:
+    if previous is None or previous.render_key != key or previous.output is None:
+        return False
+    if previous.status not in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED):
+        return False
+    current = file_fingerprint(join_url(dest, previous.output))
+    return current is not None and current == previous.output_fingerprint
+
+
+def _sidecars(
+    source: str, image: ImageRef, faces: tuple[Face, ...], note: str | None, masked: bool
+) -> tuple[tuple[str, bytes], ...]:
+    copies = []
+    for sidecar in image.sidecars:
+        content = read_bytes(join_url(source, sidecar.relative_path))
+        if note and masked and faces:
+            content = add_caption_note(sidecar.relative_path, content, note)
+        copies.append((sidecar.relative_path, content))
+    return tuple(copies)
+
+
+@task(name="mask-faces", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def mask_faces(
+    detections: ShardDetections,
+    source: str,
+    dest: str,
+    detection: DetectionSettings = _DEFAULT_DETECTION,
+    masking: MaskSettings = _DEFAULT_MASKING,
+    output: OutputSettings = _DEFAULT_OUTPUT,
+    caption_note: str | None = None,
+    previous: dict[str, ManifestRow] | None = None,
+) -> list[MaskedImage]:
+    """Mask the faces above the threshold in each image of a shard and encode the result.
+
+    An image whose output in ``dest`` is still the one the previous manifest recorded for the
+    same render key is not read again (status ``unchanged``). Fail closed: an image that fails
+    at any step has no bytes and status ``failed``.
+
+    Args:
+        detections: The shard's detections (from ``detect_faces``).
+        source: The dataset root.
+        dest: The output root (to recognise outputs that are already up to date).
+        detection: Its ``threshold`` selects the faces to mask.
+        masking: Method, mask scale, ellipse and mosaic size.
+        output: Encoding settings (JPEG quality, metadata, pixel limit).
+        caption_note: Note added to caption sidecars of images with masked faces.
+        previous: The previous manifest's rows for this shard's images, by source path.
+
+    Returns:
+        One ``MaskedImage`` per image, in shard order.
+    """
+    logger = get_run_logger()
+    anonymizer = _anonymizer(detection, masking, output)
+    model_sha = anonymizer.detector.model_sha256
+    previous = previous or {}
+    masked: list[MaskedImage] = []
+    for found in detections.images:
+        image = found.image
+        faces = faces_above(found.faces, detection.threshold)
+        key = render_key(
+            image,
+            model_sha256=model_sha,
+            threshold=detection.threshold,
+            masking=masking,
+            output=output,
+            caption_note=caption_note,
+        )
+        if found.error is not None:
+            masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=found.error))
+            continue
+        prior = previous.get(image.relative_path)
+        if _is_unchanged(prior, key, dest):
+            masked.append(
+                MaskedImage(
+                    image=image,
+                    status=ImageStatus.UNCHANGED,
+                    faces=faces,
+                    render_key=key,
+                    previous=prior,
+                )
+            )
+            continue
+        try:
+            decoded = anonymizer.decode(
+                read_bytes(join_url(source, image.relative_path)), source=image.relative_path
+            )
+            encoded = anonymizer.encode(anonymizer.mask(decoded, faces), source=image.relative_path)
+        except ImageError as exc:
+            logger.warning("cannot anonymise %s: %s", image.relative_path, exc.reason)
+            masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=str(exc)))
+            continue
+        hides = masking.method is not AnonymizeMethod.NONE
+        masked.append(
+            MaskedImage(
+                image=image,
+                status=ImageStatus.WRITTEN,
+                faces=faces,
+                content=encoded,
+                sidecars=_sidecars(source, image, faces, caption_note, hides),
+                render_key=key,
+            )
+        )
+    return masked
+
+
+def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
+    return tuple(
+        ManifestFace(
+            box=tuple(round(v, 2) for v in face.xyxy),
+            score=round(face.score, 4),  # type: ignore[arg-type]
+            frame=face.frame,
+        )
+        for face in faces
+    )
+
+
+@task(name="write-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def write_images(
+    masked: Sequence[MaskedImage],
+    dest: str,
+    detection: DetectionSettings = _DEFAULT_DETECTION,
+    masking: MaskSettings = _DEFAULT_MASKING,
+) -> list[ManifestRow]:
+    """Write anonymised images and their sidecars to ``dest`` atomically; return manifest rows.
+
+    Each file appears whole or not at all (temporary name then rename; one PUT on object
+    stores). Images that failed get a row with the error and no output.
+
+    Args:
+        masked: The shard's masked images (from ``mask_faces``).
+        dest: The output root; relative paths are kept.
+        detection: Recorded in the manifest (threshold, model).
+        masking: Recorded in the manifest (method and its parameters).
+
+    Returns:
+        One manifest row per image, in shard order.
+    """
+    model_sha = load_model_file(detection.model_path).sha256
+    parameters = {
+        "threshold": detection.threshold,
+        **masking.model_dump(mode="json"),
+        "model_path": detection.model_path,
+    }
+    rows: list[ManifestRow] = []
+    for item in masked:
+        common = {
+            "source": item.image.relative_path,
+            "source_fingerprint": item.image.fingerprint,
+            "parameters": parameters,
+            "model_sha256": model_sha,
+            "package_version": __version__,
+            "render_key": item.render_key,
+        }
+        if item.status is ImageStatus.FAILED:
+            rows.append(
+                ManifestRow(output=None, status=ImageStatus.FAILED, error=item.error, **common)
+            )
+            continue
+        output = item.image.relative_path
+        if item.status is ImageStatus.UNCHANGED:
+            assert item.previous is not None
+            fingerprint = item.previous.output_fingerprint
+        else:
+            assert item.content is not None
+            url = join_url(dest, output)
+            write_bytes_atomic(url, item.content)
+            for relative, content in item.sidecars:
+                write_bytes_atomic(join_url(dest, relative), content)
+            fingerprint = file_fingerprint(url)
+        rows.append(
+            ManifestRow(
+                output=output,
+                status=item.status,
+                faces=_manifest_faces(item.faces),
+                output_fingerprint=fingerprint,
+                **common,
+            )
+        )
+    return rows

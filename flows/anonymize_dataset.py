@@ -1,0 +1,267 @@
+"""The ``anonymize-dataset`` flow: every image of a dataset anonymised into dest, with a manifest.
+
+Use it from the CLI (``anonymize SOURCE DEST``), as a deployment, or as a subflow::
+
+    from prefect import flow
+    from anon_tasks.flows import anonymize_dataset
+
+    @flow
+    def prepare_training_data(raw: str, clean: str) -> None:
+        summary = anonymize_dataset(raw, clean)
+        ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.events import emit_event
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.futures import PrefectFuture
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from anon_tasks import __version__
+from anon_tasks.errors import ConfigurationError
+from anon_tasks.manifest import MANIFEST_DIR, read_manifest, write_manifest
+from anon_tasks.model import load_model_file
+from anon_tasks.progress import report_progress
+from anon_tasks.records import ImageStatus, ManifestRow, RunSummary, ShardDetections
+from anon_tasks.settings import (
+    DetectionSettings,
+    MaskSettings,
+    OutputSettings,
+    RunSettings,
+)
+from anon_tasks.sharding import stable_shards
+from anon_tasks.storage import is_local, local_path
+from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
+
+__all__ = ["DATASET_EVENT", "anonymize_dataset", "check_paths"]
+
+#: Event emitted when a dataset is done; its resource id is ``anon-tasks.dataset.<dest>``.
+DATASET_EVENT = "anon-tasks.dataset.anonymized"
+
+
+def check_paths(source: str, dest: str, *, allow_dest_inside_source: bool) -> None:
+    """Refuse a dest equal to or inside the source before any work starts.
+
+    Raises:
+        ConfigurationError: ``dest`` is ``source`` or below it (naming the field ``dest``).
+    """
+    if is_local(source) != is_local(dest):
+        return
+    if is_local(source):
+        source_path, dest_path = local_path(source).resolve(), local_path(dest).resolve()
+        inside = dest_path == source_path or source_path in dest_path.parents
+    else:
+        source_prefix, dest_prefix = source.rstrip("/") + "/", dest.rstrip("/") + "/"
+        inside = dest_prefix.startswith(source_prefix)
+    if inside and not allow_dest_inside_source:
+        raise ConfigurationError(
+            f"dest={dest!r} is inside source={source!r}: its outputs would be listed as inputs "
+            "next time (set allow_dest_inside_source to allow it)",
+            field="dest",
+        )
+    if is_local(source) and not local_path(source).is_dir():
+        raise ConfigurationError(f"source={source!r} is not a folder", field="source")
+
+
+_BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+
+
+def _result_storage(dest: str, settings: RunSettings) -> str | None:
+    """The result storage for cached detections, as a Prefect block slug.
+
+    A block slug (``s3-bucket/my-cache``) is used as it is; a path or URL is saved once as a
+    block named after it, since Prefect needs result storage persisted server-side.
+    """
+    location = settings.result_storage
+    if location is not None and _BLOCK_SLUG.match(location):
+        return location
+    if location is None:
+        if not is_local(dest):
+            return None  # Prefect's default result storage
+        location = str(local_path(dest).resolve() / MANIFEST_DIR / "cache")
+    name = "anon-tasks-cache-" + hashlib.sha256(location.encode()).hexdigest()[:16]
+    if is_local(location):
+        Path(local_path(location)).mkdir(parents=True, exist_ok=True)
+        block: LocalFileSystem | RemoteFileSystem = LocalFileSystem(
+            basepath=str(local_path(location))
+        )
+    else:
+        block = RemoteFileSystem(basepath=location)
+    block.save(name, overwrite=True)
+    return f"{block.get_block_type_slug()}/{name}"
+
+
+def _was_cached(future: PrefectFuture[ShardDetections]) -> bool:
+    state = future.state
+    return state.name == "Cached"
+
+
+def _summary_table(summary: RunSummary) -> list[dict[str, object]]:
+    fields = (
+        "images_total",
+        "images_written",
+        "images_unchanged",
+        "images_failed",
+        "images_inferred",
+        "images_read",
+        "faces_found",
+        "shards",
+        "seconds",
+    )
+    return [{"counter": name, "value": getattr(summary, name)} for name in fields]
+
+
+def _report(
+    summary: RunSummary, detection: DetectionSettings, masking: MaskSettings, model_sha: str
+) -> str:
+    failed = "\n".join(f"- `{name}`" for name in summary.failed_images[:50]) or "none"
+    return (
+        f"# Anonymised `{summary.source}` into `{summary.dest}`\n\n"
+        f"| parameter | value |\n|---|---|\n"
+        f"| method | {masking.method.value} |\n| threshold | {detection.threshold} |\n"
+        f"| mask_scale | {masking.mask_scale} |\n| ellipse | {masking.ellipse} |\n"
+        f"| mosaic_size | {masking.mosaic_size} |\n"
+        f"| model | CenterFace `{model_sha[:16]}…` ({detection.model_path or 'bundled'}) |\n"
+        f"| anon-tasks | {__version__} |\n\n"
+        f"{summary.images_written} written, {summary.images_unchanged} unchanged, "
+        f"{summary.images_failed} failed, {summary.faces_found} faces, "
+        f"{summary.images_inferred} images inferred in {summary.seconds:.1f} s.\n\n"
+        f"Manifest: `{summary.manifest}`\n\nFailed images:\n{failed}\n"
+    )
+
+
+@flow(
+    name="anonymize-dataset",
+    description="Find faces in every image of a dataset with CenterFace and hide them.",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    validate_parameters=True,
+)
+def anonymize_dataset(
+    source: str,
+    dest: str,
+    detection: DetectionSettings = DetectionSettings(),  # noqa: B008 (frozen: safe to share)
+    masking: MaskSettings = MaskSettings(),  # noqa: B008
+    output: OutputSettings = OutputSettings(),  # noqa: B008
+    run: RunSettings = RunSettings(),  # noqa: B008
+) -> RunSummary | State:
+    """Anonymise every image under ``source`` into ``dest``, keeping relative paths.
+
+    Args:
+        source: Folder or fsspec URL of the dataset; never modified.
+        dest: Folder or fsspec URL for the anonymised copy and ``_anonymize/manifest.jsonl``.
+        detection: Threshold, model and device.
+        masking: Method (blur, solid, mosaic, none), mask scale, ellipse, mosaic size.
+        output: JPEG quality, metadata policy and pixel limit.
+        run: Shard size, failure policy, caption note and result storage.
+
+    Returns:
+        The run summary. When images failed and ``run.allow_failures`` is off, the run ends
+        Failed, naming them, after every other image has been written.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
+    model_sha = load_model_file(detection.model_path).sha256
+
+    images = list_images(source)
+    shards = stable_shards(images, [image.relative_path for image in images], run.shard_size)
+    previous = read_manifest(dest)
+    logger.info(
+        "%d image(s) in %d shard(s); %d in the previous manifest",
+        len(images),
+        len(shards),
+        len(previous),
+    )
+    progress_id = create_progress_artifact(
+        progress=0.0, description=f"Images anonymised: {source} -> {dest}"
+    )
+
+    detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
+    pending: list[tuple[PrefectFuture[ShardDetections], PrefectFuture[list[ManifestRow]], int]] = []
+    for shard in shards:
+        found = detect.submit(shard, source, detection, output.max_pixels)
+        masked = mask_faces.submit(
+            found,
+            source,
+            dest,
+            detection,
+            masking,
+            output,
+            run.caption_note,
+            {
+                image.relative_path: previous[image.relative_path]
+                for image in shard
+                if image.relative_path in previous
+            },
+        )
+        written = write_images.submit(masked, dest, detection, masking)
+        pending.append((found, written, len(shard)))
+
+    rows: list[ManifestRow] = []
+    inferred = read = done = 0
+    for found, written, size in pending:
+        rows.extend(written.result())
+        if not _was_cached(found):
+            result = found.result()
+            inferred += result.images_inferred
+            read += result.images_read
+        done += size
+        report_progress(done, len(images))
+        if progress_id is not None:
+            update_progress_artifact(progress_id, progress=100.0 * done / max(1, len(images)))
+
+    read += sum(1 for row in rows if row.status is ImageStatus.WRITTEN)
+    manifest = write_manifest(dest, rows)
+    failed = tuple(row.source for row in rows if row.status is ImageStatus.FAILED)
+    summary = RunSummary(
+        source=source,
+        dest=dest,
+        images_total=len(images),
+        images_written=sum(1 for row in rows if row.status is ImageStatus.WRITTEN),
+        images_unchanged=sum(1 for row in rows if row.status is ImageStatus.UNCHANGED),
+        images_failed=len(failed),
+        images_inferred=inferred,
+        images_read=read,
+        faces_found=sum(len(row.faces) for row in rows),
+        shards=len(shards),
+        seconds=round(time.perf_counter() - started, 3),
+        failed_images=failed,
+        manifest=manifest,
+    )
+    create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
+    create_markdown_artifact(
+        markdown=_report(summary, detection, masking, model_sha), description="Run report"
+    )
+    emit_event(
+        event=DATASET_EVENT,
+        resource={"prefect.resource.id": f"anon-tasks.dataset.{dest}", "anon-tasks.dest": dest},
+        payload=summary.model_dump(mode="json", exclude={"failed_images"}),
+    )
+    logger.info(
+        "%d written, %d unchanged, %d failed, %d faces; model ran on %d image(s)",
+        summary.images_written,
+        summary.images_unchanged,
+        summary.images_failed,
+        summary.faces_found,
+        summary.images_inferred,
+    )
+    if failed and not run.allow_failures:
+        listed = ", ".join(failed[:20]) + (" ..." if len(failed) > 20 else "")
+        return Failed(
+            message=f"{len(failed)} image(s) could not be anonymised: {listed}", data=summary
+        )
+    return Completed(message="dataset anonymised", data=summary)
