@@ -152,13 +152,6 @@ class RunSettings(_Settings):
         "(e.g. 's3-bucket/anon-cache'), a local path or an fsspec URL. Empty: "
         "<dest>/_anonymize/cache for a local dest, Prefect's default result storage otherwise.",
     )
-    max_workers: int = Field(
-        default=3,
-        ge=1,
-        le=64,
-        description="Shards in flight at once: reading, masking and writing overlap with "
-        "inference (which itself runs one batch at a time per device).",
-    )
 
 
 _S = TypeVar("_S", bound=BaseModel)

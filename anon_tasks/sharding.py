@@ -1,9 +1,10 @@
 """Stable shards: groups of images that do not move when the dataset grows.
 
 A shard ends after every image whose path hash falls in a 1-in-``target_size`` bucket. The
-boundaries depend only on each path itself, so adding, removing or changing one image changes at
-most the shard it belongs to (or merges two neighbours when a boundary image is removed), and
-every other shard, and so its cache key, stays the same. Shards average ``target_size`` images;
+boundaries depend only on each path itself, so adding, removing or changing one image changes
+only the shard it falls in (split in two when the new image is itself a boundary; merged with
+its neighbour when a removed image was one), and every other shard, and so its cache key, stays
+the same. Shards average ``target_size`` images;
 a hard cap of ``4 * target_size`` bounds the worst case.
 """
 

@@ -40,3 +40,25 @@ def camera_gray() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.camera())
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real Prefect API (temporary server and SQLite database) for the whole session.
+
+    Heartbeats and telemetry are off, and PREFECT_HOME is a temporary folder.
+    """
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "anon_tasks")
+    import prefect.settings as prefect_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    updates = {
+        prefect_settings.PREFECT_HOME: str(home),
+        prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+        prefect_settings.PREFECT_SERVER_ANALYTICS_ENABLED: False,
+    }
+    with prefect_settings.temporary_settings(updates=updates), prefect_test_harness():
+        yield

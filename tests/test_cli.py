@@ -10,6 +10,8 @@ from PIL import Image
 
 from anon_tasks import cli
 
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
 
 @pytest.fixture
 def dataset(tmp_path, astronaut_rgb):
@@ -28,7 +30,10 @@ def test_folder_json_summary(dataset, tmp_path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out)
     assert summary["images_total"] == summary["images_written"] == 2
     assert summary["faces_found"] == 2
-    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+    assert summary["images_inferred"] == 2
+    assert (dest / "_anonymize" / "manifest.jsonl").exists()
+    outputs = [p for p in dest.rglob("*") if p.is_file() and "_anonymize" not in p.parts]
+    assert sorted(p.relative_to(dest).as_posix() for p in outputs) == [
         "a.png",
         "nested/b.jpg",
     ]
@@ -40,7 +45,7 @@ def test_failures_give_exit_code_one_and_are_listed(dataset, tmp_path, capsys) -
     assert code == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["images_failed"] == 1
-    assert "broken.png" in summary["failures"][0]
+    assert summary["failed_images"] == ["broken.png"]
     assert not (tmp_path / "out" / "broken.png").exists()
 
 
@@ -48,6 +53,23 @@ def test_failures_give_exit_code_one_and_are_listed(dataset, tmp_path, capsys) -
 def test_dest_inside_source_is_refused(dataset, inside: str) -> None:
     dest = os.path.join(dataset, inside) if inside else str(dataset)
     assert cli.main([str(dataset), dest]) == 2
+
+
+def test_single_file_takes_the_library_path(dataset, tmp_path, capsys) -> None:
+    dest = tmp_path / "one.png"
+    assert cli.main([str(dataset / "a.png"), str(dest), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["faces_found"] == 1
+    assert dest.exists()
+
+
+def test_rerun_with_another_method_runs_no_inference(dataset, tmp_path, capsys) -> None:
+    dest = str(tmp_path / "out")
+    assert cli.main([str(dataset), dest, "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main([str(dataset), dest, "--json", "--method", "mosaic"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images_inferred"] == 0
+    assert summary["images_written"] == 2
 
 
 def test_bad_value_is_a_configuration_error(dataset, tmp_path, caplog) -> None:
