@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m anon_tasks.demo $(DEMO_OUT)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m anon_tasks.demo $(DEMO_OUT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,8 @@
 """anon-tasks: find and anonymise faces in image datasets, as a library and as Prefect tasks.
 
-Names are imported lazily, so ``import anon_tasks.settings`` does not load ONNX Runtime.
+Names are imported lazily, so ``import anon_tasks.settings`` loads neither ONNX Runtime nor
+Prefect; ``anon_tasks.mask_faces`` is the Prefect task (the array function is
+``anon_tasks.masking.mask_faces``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ _EXPORTS: dict[str, str] = {
     "AnonymizedImage": "anon_tasks.anonymizer",
     "decode_image": "anon_tasks.codec",
     "encode_image": "anon_tasks.codec",
-    "mask_faces": "anon_tasks.masking",
+    "RunSettings": "anon_tasks.settings",
+    "ImageRef": "anon_tasks.records",
+    "ManifestRow": "anon_tasks.records",
+    "RunSummary": "anon_tasks.records",
+    "list_images": "anon_tasks.tasks",
+    "detect_faces": "anon_tasks.tasks",
+    "mask_faces": "anon_tasks.tasks",
+    "write_images": "anon_tasks.tasks",
 }
 
 __all__ = [
@@ -45,16 +54,23 @@ __all__ = [
     "ImageDecodeError",
     "ImageEncodeError",
     "ImageError",
+    "ImageRef",
     "ImageTooLargeError",
+    "ManifestRow",
     "MaskSettings",
     "ModelError",
     "OutputSettings",
     "ProviderError",
+    "RunSettings",
+    "RunSummary",
     "UnsupportedImageError",
     "__version__",
     "decode_image",
+    "detect_faces",
     "encode_image",
+    "list_images",
     "mask_faces",
+    "write_images",
 ]
 
 if TYPE_CHECKING:
@@ -73,13 +89,15 @@ if TYPE_CHECKING:
         ProviderError,
         UnsupportedImageError,
     )
-    from anon_tasks.masking import mask_faces
+    from anon_tasks.records import ImageRef, ManifestRow, RunSummary
     from anon_tasks.settings import (
         AnonymizeMethod,
         DetectionSettings,
         MaskSettings,
         OutputSettings,
+        RunSettings,
     )
+    from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
 
 
 def __getattr__(name: str) -> Any:

