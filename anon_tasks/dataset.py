@@ -22,6 +22,7 @@ from anon_tasks.storage import is_local, local_path, object_fingerprint
 __all__ = [
     "CAPTION_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "file_fingerprints",
     "is_image_name",
     "iter_image_paths",
     "list_dataset",
@@ -44,11 +45,14 @@ def is_image_name(name: str) -> bool:
     return not pure.name.startswith(".") and pure.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _walk_local(root: Path) -> Iterator[tuple[str, int, str]]:
+def _walk_local(root: Path, skip_dir: str | None = None) -> Iterator[tuple[str, int, str]]:
     """(relative path, size, fingerprint) of regular files under ``root``, inside it only."""
     resolved_root = root.resolve()
     for folder, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        at_top = Path(folder) == root
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and not (at_top and d == skip_dir)
+        )
         for name in sorted(filenames):
             path = Path(folder) / name
             if path.is_symlink() and not path.resolve().is_relative_to(resolved_root):
@@ -62,14 +66,15 @@ def _walk_local(root: Path) -> Iterator[tuple[str, int, str]]:
             yield relative, stat.st_size, f"size:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
 
 
-def _walk_remote(root_url: str) -> Iterator[tuple[str, int, str]]:
+def _walk_remote(root_url: str, skip_dir: str | None = None) -> Iterator[tuple[str, int, str]]:
     fs, root_path = fsspec.core.url_to_fs(root_url)
     root_path = root_path.rstrip("/")
     for path, info in sorted(fs.find(root_path, detail=True).items()):
         if info.get("type", "file") != "file":
             continue
         relative = path[len(root_path) :].lstrip("/")
-        if any(part.startswith(".") for part in PurePosixPath(relative).parts[:-1]):
+        parts = PurePosixPath(relative).parts
+        if any(part.startswith(".") for part in parts[:-1]) or (parts and parts[0] == skip_dir):
             continue
         yield relative, int(info.get("size") or 0), object_fingerprint(info)
 
@@ -110,6 +115,23 @@ def list_dataset(root_url: str) -> Iterator[ImageRef]:
                 fingerprint=fingerprint,
                 sidecars=tuple(sidecars.get(str(PurePosixPath(relative).with_suffix("")), ())),
             )
+
+
+def file_fingerprints(root_url: str, *, skip_dir: str | None = None) -> dict[str, str]:
+    """Fingerprints of every file under ``root_url`` by relative path, from one listing.
+
+    Args:
+        root_url: A local folder or fsspec URL; a missing folder has no files.
+        skip_dir: A top-level folder not to descend into (e.g. the manifest's own folder).
+    """
+    if is_local(root_url):
+        root = local_path(root_url)
+        if not root.is_dir():
+            return {}
+        walk = _walk_local(root, skip_dir)
+    else:
+        walk = _walk_remote(root_url, skip_dir)
+    return {relative: fingerprint for relative, _size, fingerprint in walk}
 
 
 def iter_image_paths(root_url: str) -> Iterator[str]:

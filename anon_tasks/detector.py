@@ -189,9 +189,7 @@ class CenterFaceDetector:
         blob = cv2.dnn.blobFromImage(
             rgb, scalefactor=1.0, size=(net_w, net_h), mean=(0, 0, 0), swapRB=False, crop=False
         )
-        outputs = self._session.session.run(
-            list(self._session.output_names), {self._session.input_name: blob}
-        )
+        outputs = self._session.run(blob)
         self.inference_count += 1
         found = decode_outputs(outputs, (net_w, net_h), score_floor)
         if len(found) == 0:

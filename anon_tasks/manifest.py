@@ -6,10 +6,17 @@ import json
 import logging
 from collections.abc import Iterable
 
-from anon_tasks.records import ManifestRow
+from anon_tasks.records import ImageStatus, ManifestRow
 from anon_tasks.storage import join_url, read_bytes, write_bytes_atomic
 
-__all__ = ["MANIFEST_DIR", "MANIFEST_NAME", "manifest_url", "read_manifest", "write_manifest"]
+__all__ = [
+    "MANIFEST_DIR",
+    "MANIFEST_NAME",
+    "manifest_url",
+    "read_manifest",
+    "unchanged_row",
+    "write_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,3 +55,8 @@ def write_manifest(dest: str, rows: Iterable[ManifestRow], **storage_options: ob
     url = manifest_url(dest)
     write_bytes_atomic(url, ("\n".join(lines) + "\n").encode("utf-8"), **storage_options)
     return url
+
+
+def unchanged_row(previous: ManifestRow) -> ManifestRow:
+    """The row of an image whose output is already up to date: the previous row, ``unchanged``."""
+    return previous.model_copy(update={"status": ImageStatus.UNCHANGED})

@@ -14,9 +14,10 @@ import io
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from anon_tasks.errors import ProviderError
@@ -57,7 +58,11 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class InferenceSession:
-    """A ready ONNX Runtime session and what it runs on."""
+    """A ready ONNX Runtime session and what it runs on.
+
+    ``lock`` serialises runs: one run already uses every intra-op thread (or the whole GPU), so
+    concurrent runs only contend; callers overlap decoding and encoding with it instead.
+    """
 
     session: ort.InferenceSession
     provider: str
@@ -65,6 +70,12 @@ class InferenceSession:
     model_sha256: str
     input_name: str
     output_names: tuple[str, ...]
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def run(self, blob: np.ndarray) -> list[np.ndarray]:
+        """Run the model on one NCHW float32 batch; returns the outputs in model order."""
+        with self.lock:
+            return self.session.run(list(self.output_names), {self.input_name: blob})
 
 
 _cuda_lock = threading.Lock()
@@ -151,6 +162,8 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = _ORT_ERROR
+    if os.environ.get("ANON_TASKS_ORT_SPIN", "1") == "0":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -28,9 +28,11 @@ from anon_tasks.anonymizer import Anonymizer
 from anon_tasks.cache_keys import detection_key, render_key, shard_detection_key
 from anon_tasks.captions import add_caption_note
 from anon_tasks.dataset import list_dataset
+from anon_tasks.decoded_cache import decoded_cache
 from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import SCORE_FLOOR
 from anon_tasks.errors import ImageError
+from anon_tasks.manifest import unchanged_row
 from anon_tasks.model import load_model_file
 from anon_tasks.records import (
     ImageDetections,
@@ -48,7 +50,14 @@ from anon_tasks.settings import (
 )
 from anon_tasks.storage import file_fingerprint, join_url, read_bytes, write_bytes_atomic
 
-__all__ = ["MaskedImage", "detect_faces", "list_images", "mask_faces", "write_images"]
+__all__ = [
+    "MaskedImage",
+    "MaskedShard",
+    "detect_faces",
+    "list_images",
+    "mask_faces",
+    "write_images",
+]
 
 _DEFAULT_DETECTION = DetectionSettings()
 _DEFAULT_MASKING = MaskSettings()
@@ -74,6 +83,14 @@ class MaskedImage:
     def __repr__(self) -> str:
         size = len(self.content) if self.content is not None else 0
         return f"MaskedImage({self.image.relative_path!r}, {self.status.value}, {size} bytes)"
+
+
+@dataclass(frozen=True)
+class MaskedShard:
+    """A shard's masked images, and how many source images masking had to read again."""
+
+    images: tuple[MaskedImage, ...]
+    images_read: int = 0
 
 
 # Anonymizers are cheap (the ONNX session is shared) but not free; reuse one per settings.
@@ -184,6 +201,7 @@ def detect_faces(
             decoded = anonymizer.decode(content, source=image.relative_path)
             faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)
             inferred += 1
+            decoded_cache.put(url, image.fingerprint, decoded)  # mask_faces needs it next
             found = ImageDetections(
                 image=image,
                 faces=faces,
@@ -231,7 +249,7 @@ def mask_faces(
     output: OutputSettings = _DEFAULT_OUTPUT,
     caption_note: str | None = None,
     previous: dict[str, ManifestRow] | None = None,
-) -> list[MaskedImage]:
+) -> MaskedShard:
     """Mask the faces above the threshold in each image of a shard and encode the result.
 
     An image whose output in ``dest`` is still the one the previous manifest recorded for the
@@ -249,13 +267,15 @@ def mask_faces(
         previous: The previous manifest's rows for this shard's images, by source path.
 
     Returns:
-        One ``MaskedImage`` per image, in shard order.
+        One ``MaskedImage`` per image, in shard order, and the number of images read (an image
+        decoded moments before by ``detect_faces`` in this process is not read again).
     """
     logger = get_run_logger()
     anonymizer = _anonymizer(detection, masking, output)
     model_sha = anonymizer.detector.model_sha256
     previous = previous or {}
     masked: list[MaskedImage] = []
+    read = 0
     for found in detections.images:
         image = found.image
         faces = faces_above(found.faces, detection.threshold)
@@ -282,10 +302,12 @@ def mask_faces(
                 )
             )
             continue
+        url = join_url(source, image.relative_path)
         try:
-            decoded = anonymizer.decode(
-                read_bytes(join_url(source, image.relative_path)), source=image.relative_path
-            )
+            decoded = decoded_cache.pop(url, image.fingerprint)
+            if decoded is None:
+                decoded = anonymizer.decode(read_bytes(url), source=image.relative_path)
+                read += 1
             encoded = anonymizer.encode(anonymizer.mask(decoded, faces), source=image.relative_path)
         except ImageError as exc:
             logger.warning("cannot anonymise %s: %s", image.relative_path, exc.reason)
@@ -302,7 +324,7 @@ def mask_faces(
                 render_key=key,
             )
         )
-    return masked
+    return MaskedShard(images=tuple(masked), images_read=read)
 
 
 def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
@@ -318,7 +340,7 @@ def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
 
 @task(name="write-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def write_images(
-    masked: Sequence[MaskedImage],
+    masked: MaskedShard,
     dest: str,
     detection: DetectionSettings = _DEFAULT_DETECTION,
     masking: MaskSettings = _DEFAULT_MASKING,
@@ -344,7 +366,7 @@ def write_images(
         "model_path": detection.model_path,
     }
     rows: list[ManifestRow] = []
-    for item in masked:
+    for item in masked.images:
         common = {
             "source": item.image.relative_path,
             "source_fingerprint": item.image.fingerprint,
@@ -359,22 +381,21 @@ def write_images(
             )
             continue
         output = item.image.relative_path
-        if item.status is ImageStatus.UNCHANGED:
-            assert item.previous is not None
-            fingerprint = item.previous.output_fingerprint
-        else:
-            assert item.content is not None
-            url = join_url(dest, output)
-            write_bytes_atomic(url, item.content)
-            for relative, content in item.sidecars:
-                write_bytes_atomic(join_url(dest, relative), content)
-            fingerprint = file_fingerprint(url)
+        if item.status is ImageStatus.UNCHANGED and item.previous is not None:
+            rows.append(unchanged_row(item.previous))
+            continue
+        if item.content is None:  # fail closed: nothing to write is never "written"
+            raise ValueError(f"{output}: no anonymised bytes for an image marked written")
+        url = join_url(dest, output)
+        write_bytes_atomic(url, item.content)
+        for relative, content in item.sidecars:
+            write_bytes_atomic(join_url(dest, relative), content)
         rows.append(
             ManifestRow(
                 output=output,
                 status=item.status,
                 faces=_manifest_faces(item.faces),
-                output_fingerprint=fingerprint,
+                output_fingerprint=file_fingerprint(url),
                 **common,
             )
         )

@@ -30,11 +30,15 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque, quote
 
 from anon_tasks import __version__
+from anon_tasks.cache_keys import render_key
+from anon_tasks.dataset import file_fingerprints
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.manifest import MANIFEST_DIR, read_manifest, write_manifest
 from anon_tasks.model import load_model_file
+from anon_tasks.planning import up_to_date_rows
 from anon_tasks.progress import report_progress
 from anon_tasks.records import ImageStatus, ManifestRow, RunSummary, ShardDetections
 from anon_tasks.settings import (
@@ -45,7 +49,7 @@ from anon_tasks.settings import (
 )
 from anon_tasks.sharding import stable_shards
 from anon_tasks.storage import is_local, local_path
-from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
+from anon_tasks.tasks import MaskedShard, detect_faces, list_images, mask_faces, write_images
 
 __all__ = ["DATASET_EVENT", "anonymize_dataset", "check_paths"]
 
@@ -105,6 +109,31 @@ def _result_storage(dest: str, settings: RunSettings) -> str | None:
     return f"{block.get_block_type_slug()}/{name}"
 
 
+class _Progress:
+    """The run's progress artifact and listeners, updated at most every second."""
+
+    def __init__(self, *, total: int, done: int) -> None:
+        self.total, self.done = total, done
+        self._last = 0.0
+        self._artifact_id = create_progress_artifact(
+            progress=self._percent(), description="Images anonymised"
+        )
+
+    def _percent(self) -> float:
+        return 100.0 * self.done / max(1, self.total)
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        report_progress(self.done, self.total)
+        if time.monotonic() - self._last >= 1.0:
+            self.finish()
+
+    def finish(self) -> None:
+        self._last = time.monotonic()
+        if self._artifact_id is not None:
+            update_progress_artifact(self._artifact_id, progress=self._percent())
+
+
 def _was_cached(future: PrefectFuture[ShardDetections]) -> bool:
     state = future.state
     return state.name == "Cached"
@@ -147,7 +176,9 @@ def _report(
 @flow(
     name="anonymize-dataset",
     description="Find faces in every image of a dataset with CenterFace and hide them.",
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    # Two threads: one runs the model (one run at a time per device) while the other decodes,
+    # masks, encodes and writes.
+    task_runner=ThreadPoolTaskRunner(max_workers=2),
     validate_parameters=True,
 )
 def anonymize_dataset(
@@ -178,53 +209,75 @@ def anonymize_dataset(
     model_sha = load_model_file(detection.model_path).sha256
 
     images = list_images(source)
-    shards = stable_shards(images, [image.relative_path for image in images], run.shard_size)
     previous = read_manifest(dest)
+    up_to_date = up_to_date_rows(
+        images,
+        previous,
+        file_fingerprints(dest, skip_dir=MANIFEST_DIR),
+        lambda image: render_key(
+            image,
+            model_sha256=model_sha,
+            threshold=detection.threshold,
+            masking=masking,
+            output=output,
+            caption_note=run.caption_note,
+        ),
+    )
+    shards = stable_shards(images, [image.relative_path for image in images], run.shard_size)
+    todo, done = [], []
+    for shard in shards:
+        stale = any(image.relative_path not in up_to_date for image in shard)
+        (todo if stale else done).append(shard)
     logger.info(
-        "%d image(s) in %d shard(s); %d in the previous manifest",
+        "%d image(s) in %d shard(s): %d up to date, %d shard(s) to process",
         len(images),
         len(shards),
-        len(previous),
+        len(up_to_date),
+        len(todo),
     )
-    progress_id = create_progress_artifact(
-        progress=0.0, description=f"Images anonymised: {source} -> {dest}"
-    )
+    progress = _Progress(total=len(images), done=len(images) - sum(len(s) for s in todo))
 
     detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
-    pending: list[tuple[PrefectFuture[ShardDetections], PrefectFuture[list[ManifestRow]], int]] = []
-    for shard in shards:
+    pending: list[
+        tuple[
+            PrefectFuture[ShardDetections],
+            PrefectFuture[MaskedShard],
+            PrefectFuture[list[ManifestRow]],
+            int,
+        ]
+    ] = []
+    for shard in todo:
         found = detect.submit(shard, source, detection, output.max_pixels)
+        # opaque/quote: resolve the futures without walking thousands of face values (slow).
         masked = mask_faces.submit(
-            found,
+            opaque(found),
             source,
             dest,
             detection,
             masking,
             output,
             run.caption_note,
-            {
-                image.relative_path: previous[image.relative_path]
-                for image in shard
-                if image.relative_path in previous
-            },
+            quote(
+                {
+                    i.relative_path: previous[i.relative_path]
+                    for i in shard
+                    if i.relative_path in previous
+                }
+            ),
         )
-        written = write_images.submit(masked, dest, detection, masking)
-        pending.append((found, written, len(shard)))
+        written = write_images.submit(opaque(masked), dest, detection, masking)
+        pending.append((found, masked, written, len(shard)))
 
-    rows: list[ManifestRow] = []
-    inferred = read = done = 0
-    for found, written, size in pending:
+    rows = [up_to_date[image.relative_path] for shard in done for image in shard]
+    inferred = read = 0
+    for found, masked, written, size in pending:
         rows.extend(written.result())
+        read += masked.result().images_read
         if not _was_cached(found):
-            result = found.result()
-            inferred += result.images_inferred
-            read += result.images_read
-        done += size
-        report_progress(done, len(images))
-        if progress_id is not None:
-            update_progress_artifact(progress_id, progress=100.0 * done / max(1, len(images)))
+            inferred += found.result().images_inferred
+            read += found.result().images_read
+        progress.advance(size)
 
-    read += sum(1 for row in rows if row.status is ImageStatus.WRITTEN)
     manifest = write_manifest(dest, rows)
     failed = tuple(row.source for row in rows if row.status is ImageStatus.FAILED)
     summary = RunSummary(

@@ -1,0 +1,175 @@
+"""Listing, cache keys, captions, the manifest, planning and the decoded-image cache."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from anon_tasks.cache_keys import detection_key, render_key
+from anon_tasks.captions import add_caption_note
+from anon_tasks.codec import DecodedImage
+from anon_tasks.dataset import file_fingerprints, list_dataset
+from anon_tasks.decoded_cache import DecodedCache
+from anon_tasks.manifest import read_manifest, write_manifest
+from anon_tasks.planning import up_to_date_rows
+from anon_tasks.records import ImageRef, ImageStatus, ManifestRow
+from anon_tasks.settings import MaskSettings, OutputSettings
+
+
+def make_tree(root, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def test_listing_finds_images_with_their_sidecars_and_skips_the_rest(tmp_path) -> None:
+    make_tree(
+        tmp_path,
+        {
+            "a.jpg": b"1",
+            "a.txt": b"caption",
+            "a.json": b"{}",
+            "b/C.PNG": b"22",
+            "b/C.caption": b"x",
+            "b/notes.md": b"",
+            ".hidden/d.jpg": b"",
+            "b/.e.jpg": b"",
+        },
+    )
+    images = {image.relative_path: image for image in list_dataset(str(tmp_path))}
+    assert sorted(images) == ["a.jpg", "b/C.PNG"]
+    assert [s.relative_path for s in images["a.jpg"].sidecars] == ["a.json", "a.txt"]
+    assert [s.relative_path for s in images["b/C.PNG"].sidecars] == ["b/C.caption"]
+    assert images["b/C.PNG"].size_bytes == 2
+
+
+def test_links_to_outside_the_source_are_not_followed(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    make_tree(outside, {"secret.jpg": b"x"})
+    source = tmp_path / "source"
+    make_tree(source, {"ok.jpg": b"y"})
+    os.symlink(outside / "secret.jpg", source / "link.jpg")
+    os.symlink(outside, source / "linked_dir")
+    assert [image.relative_path for image in list_dataset(str(source))] == ["ok.jpg"]
+
+
+def test_fingerprint_changes_when_a_file_changes_in_place(tmp_path) -> None:
+    make_tree(tmp_path, {"a.jpg": b"one"})
+    (first,) = list_dataset(str(tmp_path))
+    os.utime(tmp_path / "a.jpg", ns=(1, 1))
+    (tmp_path / "a.jpg").write_bytes(b"two")  # same size, new content
+    (second,) = list_dataset(str(tmp_path))
+    assert first.fingerprint != second.fingerprint
+    common = {"source": "s", "model_sha256": "m", "score_floor": 0.05, "max_pixels": 10}
+    assert detection_key(first, **common) != detection_key(second, **common)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"threshold": 0.5},
+        {"masking": MaskSettings(mosaic_size=8)},
+        {"output": OutputSettings(jpeg_quality=80)},
+        {"caption_note": "faces are blurred"},
+        {"model_sha256": "other"},
+    ],
+)
+def test_render_key_covers_every_output_parameter(change) -> None:
+    image = ImageRef(relative_path="a.jpg", size_bytes=1, fingerprint="f")
+    base = {
+        "model_sha256": "m",
+        "threshold": 0.4,
+        "masking": MaskSettings(),
+        "output": OutputSettings(),
+        "caption_note": None,
+    }
+    assert render_key(image, **base) != render_key(image, **{**base, **change})
+    assert render_key(image, **base) == render_key(image.model_copy(), **base)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("a.txt", b"a photo of a man\n", b"a photo of a man, faces are blurred\n"),
+        ("a.caption", b"portrait.", b"portrait. faces are blurred"),
+        ("a.txt", b"", b"faces are blurred"),
+        ("a.txt", b"man, faces are blurred", b"man, faces are blurred"),
+    ],
+)
+def test_caption_note_in_text_sidecars(name, content, expected) -> None:
+    assert add_caption_note(name, content, "faces are blurred") == expected
+
+
+def test_caption_note_in_json_sidecars() -> None:
+    updated = add_caption_note("a.json", b'{"caption": "a man", "id": 3}', "faces are blurred")
+    assert json.loads(updated) == {"caption": "a man, faces are blurred", "id": 3}
+    untouched = b'{"labels": ["x"]}'
+    assert add_caption_note("a.json", untouched, "faces are blurred") == untouched
+    assert add_caption_note("a.json", b"{broken", "note") == b"{broken"
+
+
+def row(source: str, **values) -> ManifestRow:
+    base = {
+        "source": source,
+        "output": source,
+        "status": ImageStatus.WRITTEN,
+        "source_fingerprint": "f",
+        "output_fingerprint": "o",
+        "render_key": "k",
+        "model_sha256": "m",
+        "package_version": "0",
+    }
+    return ManifestRow(**{**base, **values})
+
+
+def test_manifest_round_trip_is_sorted_and_tolerates_bad_lines(tmp_path) -> None:
+    url = write_manifest(str(tmp_path), [row("b.jpg"), row("a.jpg")])
+    with open(url) as handle:
+        lines = handle.read().splitlines()
+    assert [json.loads(line)["source"] for line in lines] == ["a.jpg", "b.jpg"]
+    with open(url, "a") as handle:
+        handle.write("not json\n")
+    assert sorted(read_manifest(str(tmp_path))) == ["a.jpg", "b.jpg"]
+    assert read_manifest(str(tmp_path / "missing")) == {}
+
+
+def test_up_to_date_needs_same_key_and_untouched_output() -> None:
+    images = [ImageRef(relative_path=n, size_bytes=1, fingerprint="f") for n in "abcde"]
+    previous = {
+        "a": row("a"),
+        "b": row("b", render_key="old"),
+        "c": row("c"),
+        "d": row("d", status=ImageStatus.FAILED, output=None),
+    }
+    outputs = {"a": "o", "b": "o", "c": "edited"}
+    rows = up_to_date_rows(images, previous, outputs, lambda image: "k")
+    assert list(rows) == ["a"]
+    assert rows["a"].status is ImageStatus.UNCHANGED
+
+
+def test_file_fingerprints_skip_the_manifest_folder(tmp_path) -> None:
+    make_tree(tmp_path, {"a.jpg": b"1", "_anonymize/manifest.jsonl": b"", "x/_anonymize/b": b""})
+    assert sorted(file_fingerprints(str(tmp_path), skip_dir="_anonymize")) == [
+        "a.jpg",
+        "x/_anonymize/b",
+    ]
+    assert file_fingerprints(str(tmp_path / "nope")) == {}
+
+
+def test_decoded_cache_is_bounded_and_pops_once() -> None:
+    def image(megabytes: int) -> DecodedImage:
+        return DecodedImage(frames=(np.zeros((megabytes, 1024, 1024), np.uint8)[0],), format="PNG")
+
+    cache = DecodedCache(max_bytes=3 * 1024 * 1024)
+    for index in range(5):
+        cache.put(f"u{index}", "f", image(1))
+    assert len(cache) == 3
+    assert cache.nbytes <= cache.max_bytes
+    assert cache.pop("u0", "f") is None  # oldest dropped
+    assert cache.pop("u4", "f") is not None
+    assert cache.pop("u4", "f") is None
+    assert cache.pop("u3", "other-fingerprint") is None
