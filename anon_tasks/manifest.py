@@ -1,4 +1,9 @@
-"""The run's audit manifest: ``<dest>/_anonymize/manifest.jsonl``, one JSON object per image."""
+"""The run's audit manifest: ``<dest>/_anonymize/manifest.jsonl``, one JSON object per image.
+
+A partition of a larger run (see ``anonymize_partitioned``) writes its own
+``manifest.part-<i>-of-<n>.jsonl`` and ``summary.part-<i>-of-<n>.json`` beside it; the parent
+merges them into ``manifest.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ from anon_tasks.storage import join_url, read_bytes, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",
-    "MANIFEST_NAME",
     "manifest_url",
     "read_manifest",
+    "summary_url",
     "unchanged_row",
     "write_manifest",
 ]
@@ -21,18 +26,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_DIR = "_anonymize"
-MANIFEST_NAME = "manifest.jsonl"
 
 
-def manifest_url(dest: str) -> str:
-    """Where the manifest of a dataset written to ``dest`` lives."""
-    return join_url(dest, f"{MANIFEST_DIR}/{MANIFEST_NAME}")
+def _suffix(partition: tuple[int, int] | None) -> str:
+    return "" if partition is None else f".part-{partition[0]:04d}-of-{partition[1]:04d}"
 
 
-def read_manifest(dest: str, **storage_options: object) -> dict[str, ManifestRow]:
+def manifest_url(dest: str, partition: tuple[int, int] | None = None) -> str:
+    """Where the manifest of a dataset (or of one partition of it) written to ``dest`` lives."""
+    return join_url(dest, f"{MANIFEST_DIR}/manifest{_suffix(partition)}.jsonl")
+
+
+def summary_url(dest: str, partition: tuple[int, int] | None = None) -> str:
+    """Where a run (or one partition) leaves its summary as JSON."""
+    return join_url(dest, f"{MANIFEST_DIR}/summary{_suffix(partition)}.json")
+
+
+def read_manifest(
+    dest: str, partition: tuple[int, int] | None = None, **storage_options: object
+) -> dict[str, ManifestRow]:
     """The previous run's rows by source path; empty when there is none or it is unreadable."""
     try:
-        content = read_bytes(manifest_url(dest), **storage_options)
+        content = read_bytes(manifest_url(dest, partition), **storage_options)
     except FileNotFoundError:
         return {}
     rows: dict[str, ManifestRow] = {}
@@ -48,11 +63,16 @@ def read_manifest(dest: str, **storage_options: object) -> dict[str, ManifestRow
     return rows
 
 
-def write_manifest(dest: str, rows: Iterable[ManifestRow], **storage_options: object) -> str:
+def write_manifest(
+    dest: str,
+    rows: Iterable[ManifestRow],
+    partition: tuple[int, int] | None = None,
+    **storage_options: object,
+) -> str:
     """Write the manifest (sorted by source path) in one atomic step; returns its URL."""
     ordered = sorted(rows, key=lambda row: row.source)
     lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in ordered]
-    url = manifest_url(dest)
+    url = manifest_url(dest, partition)
     write_bytes_atomic(url, ("\n".join(lines) + "\n").encode("utf-8"), **storage_options)
     return url
 

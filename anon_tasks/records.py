@@ -68,6 +68,7 @@ class ShardDetections(_Record):
     images: tuple[ImageDetections, ...]
     images_read: int = Field(default=0, description="Source images read by this task run.")
     images_inferred: int = Field(default=0, description="Images the model ran on.")
+    device: str | None = Field(default=None, description="The device leased for inference.")
 
 
 class ImageStatus(StrEnum):
@@ -122,3 +123,5 @@ class RunSummary(_Record):
     seconds: float = 0.0
     failed_images: tuple[str, ...] = ()
     manifest: str | None = None
+    devices: tuple[str, ...] = Field(default=(), description="Devices the model ran on.")
+    partition: str | None = Field(default=None, description="'i/n' for one partition of a run.")

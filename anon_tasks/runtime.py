@@ -37,7 +37,11 @@ ort.set_default_logger_severity(_ORT_ERROR)
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A parsed ``device`` setting: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    """A parsed ``device`` setting: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``cpu:N``.
+
+    ``cpu:N`` is a logical CPU device: it shares the CPU session, and exists so that device
+    allocation and leases can be exercised on hosts without GPUs.
+    """
 
     kind: str
     device_id: int = 0
@@ -47,9 +51,15 @@ class DeviceSpec:
         device = device.strip().lower()
         if device in ("auto", "cpu", "cuda"):
             return cls(kind=device)
-        if device.startswith("cuda:") and device[5:].isdigit():
-            return cls(kind="cuda", device_id=int(device[5:]))
+        kind, _, index = device.partition(":")
+        if kind in ("cuda", "cpu") and index.isdigit():
+            return cls(kind=kind, device_id=int(index))
         raise ProviderError(f"device={device!r} is invalid: use auto, cpu, cuda or cuda:N")
+
+    @property
+    def session_key(self) -> DeviceSpec:
+        """Devices that share a session: every logical CPU device uses the one CPU session."""
+        return DeviceSpec(kind="cpu") if self.kind == "cpu" else self
 
     @property
     def wants_cuda(self) -> bool:
@@ -139,7 +149,7 @@ def get_session(
         ProviderError: CUDA was asked for explicitly and cannot be used.
     """
     threads = intra_op_threads or _available_cores()
-    key = (model.sha256, device, threads)
+    key = (model.sha256, device.session_key, threads)
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:

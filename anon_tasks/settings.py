@@ -10,7 +10,14 @@ import re
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from anon_tasks.errors import ConfigurationError
 
@@ -23,7 +30,7 @@ __all__ = [
     "build_settings",
 ]
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|cpu:\d+)$")
 
 
 class AnonymizeMethod(StrEnum):
@@ -56,7 +63,8 @@ class DetectionSettings(_Settings):
     )
     device: str = Field(
         default="auto",
-        description="'auto' (CUDA when it really works, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+        description="'auto': every device in ANON_TASKS_DEVICES or every visible CUDA device, "
+        "else the CPU; 'cpu', 'cuda' (all visible GPUs) or one device 'cuda:N'.",
     )
     intra_op_threads: int | None = Field(
         default=None,
@@ -70,7 +78,7 @@ class DetectionSettings(_Settings):
     def _check_device(cls, value: str) -> str:
         value = value.strip().lower()
         if not _DEVICE_PATTERN.match(value):
-            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'cpu:N'")
         return value
 
 
@@ -152,6 +160,33 @@ class RunSettings(_Settings):
         "(e.g. 's3-bucket/anon-cache'), a local path or an fsspec URL. Empty: "
         "<dest>/_anonymize/cache for a local dest, Prefect's default result storage otherwise.",
     )
+    partition_index: int = Field(
+        default=0,
+        ge=0,
+        description="Which partition of the dataset this run handles (0-based); set by "
+        "anonymize_partitioned for its child runs.",
+    )
+    partition_count: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Into how many partitions the dataset is split (1: the whole dataset). "
+        "Images are assigned by a hash of their path.",
+    )
+
+    @model_validator(mode="after")
+    def _check_partition(self) -> RunSettings:
+        if self.partition_index >= self.partition_count:
+            raise ValueError(
+                f"partition_index={self.partition_index} must be below "
+                f"partition_count={self.partition_count}"
+            )
+        return self
+
+    @property
+    def partition(self) -> tuple[int, int] | None:
+        """(index, count) when this run is one partition of a larger one."""
+        return None if self.partition_count == 1 else (self.partition_index, self.partition_count)
 
 
 _S = TypeVar("_S", bound=BaseModel)

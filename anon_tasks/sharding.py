@@ -14,14 +14,27 @@ import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
 
-__all__ = ["stable_shards"]
+__all__ = ["partition_of", "stable_shards"]
 
 _T = TypeVar("_T")
 
 
+def _path_hash(path: str) -> int:
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest(), "big")
+
+
 def _is_boundary(path: str, target_size: int) -> bool:
-    digest = hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % target_size == 0
+    return _path_hash(path) % target_size == 0
+
+
+def partition_of(path: str, count: int) -> int:
+    """The partition (0 to ``count - 1``) an image belongs to, from its path alone.
+
+    Every process computes the same answer, so partitions of one dataset never overlap, and an
+    image stays in its partition however the dataset grows.
+    """
+    # A different mix of the hash than the shard boundaries use, so the two are independent.
+    return (_path_hash(path) // 7919) % count
 
 
 def stable_shards(items: Sequence[_T], paths: Sequence[str], target_size: int) -> list[list[_T]]:

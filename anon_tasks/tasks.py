@@ -31,6 +31,7 @@ from anon_tasks.dataset import list_dataset
 from anon_tasks.decoded_cache import decoded_cache
 from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import SCORE_FLOOR
+from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ImageError
 from anon_tasks.manifest import unchanged_row
 from anon_tasks.model import load_model_file
@@ -160,6 +161,7 @@ def detect_faces(
     source: str,
     detection: DetectionSettings = _DEFAULT_DETECTION,
     max_pixels: int = _DEFAULT_OUTPUT.max_pixels,
+    device_hint: int = 0,
 ) -> ShardDetections:
     """Find every face candidate above the score floor in a shard of images.
 
@@ -172,50 +174,79 @@ def detect_faces(
         source: The dataset root the references are relative to.
         detection: Detector settings (model, device); the threshold is applied later.
         max_pixels: Images above this many pixels are refused before decoding.
+        device_hint: Which of the available devices to try first (the flow spreads shards
+            round-robin); a free device is leased exclusively for the shard's inference.
 
     Returns:
         Detections per image, and how many images were read and inferred in this run.
     """
     logger = get_run_logger()
     context = TaskRunContext.get()
-    anonymizer = _anonymizer(detection, _DEFAULT_MASKING, OutputSettings(max_pixels=max_pixels))
-    model_sha = anonymizer.detector.model_sha256
-    results: list[ImageDetections] = []
-    read = inferred = 0
-    for image in images:
-        key = detection_key(
+    store = context.result_store if context is not None else None
+    model_sha = load_model_file(detection.model_path).sha256
+    keys = [
+        detection_key(
             image,
             source=source,
             model_sha256=model_sha,
             score_floor=SCORE_FLOOR,
             max_pixels=max_pixels,
         )
+        for image in images
+    ]
+    found: dict[str, ImageDetections] = {}
+    for image, key in zip(images, keys, strict=True):
         stored = _stored_detections(context, key)
         if stored is not None:
-            results.append(stored)
-            continue
-        url = join_url(source, image.relative_path)
-        content = read_bytes(url)  # storage errors propagate: the task retries
-        read += 1
-        try:
-            decoded = anonymizer.decode(content, source=image.relative_path)
-            faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)
-            inferred += 1
-            decoded_cache.put(url, image.fingerprint, decoded)  # mask_faces needs it next
-            found = ImageDetections(
-                image=image,
-                faces=faces,
-                score_floor=SCORE_FLOOR,
-                frame_count=len(decoded.frames),
+            found[image.relative_path] = stored
+    missing = [
+        (image, key)
+        for image, key in zip(images, keys, strict=True)
+        if image.relative_path not in found
+    ]
+    device = None
+    read = inferred = 0
+    if missing:
+        devices = available_devices(detection.device)
+        start = device_hint % len(devices)
+        with device_lease(devices[start:] + devices[:start]) as device:
+            anonymizer = _anonymizer(
+                detection.model_copy(update={"device": device}),
+                _DEFAULT_MASKING,
+                OutputSettings(max_pixels=max_pixels),
             )
-        except ImageError as exc:
-            logger.warning("cannot read %s: %s", image.relative_path, exc.reason)
-            found = ImageDetections(image=image, score_floor=SCORE_FLOOR, error=str(exc))
-        if context is not None and context.result_store is not None:
-            context.result_store.write(obj=found, key=key)
-        results.append(found)
-    logger.info("%d image(s): %d read, %d inferred", len(images), read, inferred)
-    return ShardDetections(images=tuple(results), images_read=read, images_inferred=inferred)
+            for image, key in missing:
+                url = join_url(source, image.relative_path)
+                content = read_bytes(url)  # storage errors propagate: the task retries
+                read += 1
+                try:
+                    decoded = anonymizer.decode(content, source=image.relative_path)
+                    faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)
+                    inferred += 1
+                    decoded_cache.put(url, image.fingerprint, decoded)  # mask_faces is next
+                    result = ImageDetections(
+                        image=image,
+                        faces=faces,
+                        score_floor=SCORE_FLOOR,
+                        frame_count=len(decoded.frames),
+                    )
+                except ImageError as exc:
+                    logger.warning("cannot read %s: %s", image.relative_path, exc.reason)
+                    result = ImageDetections(image=image, score_floor=SCORE_FLOOR, error=str(exc))
+                if store is not None:
+                    store.write(obj=result, key=key)
+                found[image.relative_path] = result
+    logger.info(
+        "%d image(s): %d read, %d inferred%s",
+        len(images),
+        read,
+        inferred,
+        f" on {device}" if device else "",
+    )
+    results = [found[image.relative_path] for image in images]
+    return ShardDetections(
+        images=tuple(results), images_read=read, images_inferred=inferred, device=device
+    )
 
 
 def _is_unchanged(previous: ManifestRow | None, key: str, dest: str) -> bool:

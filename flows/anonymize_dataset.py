@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -35,23 +36,24 @@ from prefect.utilities.annotations import opaque, quote
 from anon_tasks import __version__
 from anon_tasks.cache_keys import render_key
 from anon_tasks.dataset import file_fingerprints
+from anon_tasks.devices import available_devices
 from anon_tasks.errors import ConfigurationError
-from anon_tasks.manifest import MANIFEST_DIR, read_manifest, write_manifest
+from anon_tasks.manifest import MANIFEST_DIR, read_manifest, summary_url, write_manifest
 from anon_tasks.model import load_model_file
 from anon_tasks.planning import up_to_date_rows
 from anon_tasks.progress import report_progress
-from anon_tasks.records import ImageStatus, ManifestRow, RunSummary, ShardDetections
+from anon_tasks.records import ImageRef, ImageStatus, ManifestRow, RunSummary, ShardDetections
 from anon_tasks.settings import (
     DetectionSettings,
     MaskSettings,
     OutputSettings,
     RunSettings,
 )
-from anon_tasks.sharding import stable_shards
-from anon_tasks.storage import is_local, local_path
-from anon_tasks.tasks import MaskedShard, detect_faces, list_images, mask_faces, write_images
+from anon_tasks.sharding import partition_of, stable_shards
+from anon_tasks.storage import is_local, local_path, write_bytes_atomic
+from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
 
-__all__ = ["DATASET_EVENT", "anonymize_dataset", "check_paths"]
+__all__ = ["DATASET_EVENT", "anonymize_dataset", "check_paths", "finish_state"]
 
 #: Event emitted when a dataset is done; its resource id is ``anon-tasks.dataset.<dest>``.
 DATASET_EVENT = "anon-tasks.dataset.anonymized"
@@ -173,43 +175,31 @@ def _report(
     )
 
 
-@flow(
-    name="anonymize-dataset",
-    description="Find faces in every image of a dataset with CenterFace and hide them.",
-    # Two threads: one runs the model (one run at a time per device) while the other decodes,
-    # masks, encodes and writes.
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
-    validate_parameters=True,
-)
-def anonymize_dataset(
+@dataclass
+class _Plan:
+    """What a run has to do: shards to process, and rows of images already up to date."""
+
+    images: list[ImageRef]
+    shards: list[list[ImageRef]]
+    todo: list[list[ImageRef]]
+    up_to_date_rows: list[ManifestRow]
+    previous: dict[str, ManifestRow]
+
+
+def _plan(
     source: str,
     dest: str,
-    detection: DetectionSettings = DetectionSettings(),  # noqa: B008 (frozen: safe to share)
-    masking: MaskSettings = MaskSettings(),  # noqa: B008
-    output: OutputSettings = OutputSettings(),  # noqa: B008
-    run: RunSettings = RunSettings(),  # noqa: B008
-) -> RunSummary | State:
-    """Anonymise every image under ``source`` into ``dest``, keeping relative paths.
-
-    Args:
-        source: Folder or fsspec URL of the dataset; never modified.
-        dest: Folder or fsspec URL for the anonymised copy and ``_anonymize/manifest.jsonl``.
-        detection: Threshold, model and device.
-        masking: Method (blur, solid, mosaic, none), mask scale, ellipse, mosaic size.
-        output: JPEG quality, metadata policy and pixel limit.
-        run: Shard size, failure policy, caption note and result storage.
-
-    Returns:
-        The run summary. When images failed and ``run.allow_failures`` is off, the run ends
-        Failed, naming them, after every other image has been written.
-    """
-    logger = get_run_logger()
-    started = time.perf_counter()
-    check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
-    model_sha = load_model_file(detection.model_path).sha256
-
+    detection: DetectionSettings,
+    masking: MaskSettings,
+    output: OutputSettings,
+    run: RunSettings,
+    model_sha: str,
+) -> _Plan:
     images = list_images(source)
-    previous = read_manifest(dest)
+    if run.partition is not None:
+        index, count = run.partition
+        images = [i for i in images if partition_of(i.relative_path, count) == index]
+    previous = read_manifest(dest, run.partition)
     up_to_date = up_to_date_rows(
         images,
         previous,
@@ -228,93 +218,195 @@ def anonymize_dataset(
     for shard in shards:
         stale = any(image.relative_path not in up_to_date for image in shard)
         (todo if stale else done).append(shard)
-    logger.info(
-        "%d image(s) in %d shard(s): %d up to date, %d shard(s) to process",
-        len(images),
-        len(shards),
-        len(up_to_date),
-        len(todo),
-    )
-    progress = _Progress(total=len(images), done=len(images) - sum(len(s) for s in todo))
-
-    detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
-    pending: list[
-        tuple[
-            PrefectFuture[ShardDetections],
-            PrefectFuture[MaskedShard],
-            PrefectFuture[list[ManifestRow]],
-            int,
-        ]
-    ] = []
-    for shard in todo:
-        found = detect.submit(shard, source, detection, output.max_pixels)
-        # opaque/quote: resolve the futures without walking thousands of face values (slow).
-        masked = mask_faces.submit(
-            opaque(found),
-            source,
-            dest,
-            detection,
-            masking,
-            output,
-            run.caption_note,
-            quote(
-                {
-                    i.relative_path: previous[i.relative_path]
-                    for i in shard
-                    if i.relative_path in previous
-                }
-            ),
-        )
-        written = write_images.submit(opaque(masked), dest, detection, masking)
-        pending.append((found, masked, written, len(shard)))
-
     rows = [up_to_date[image.relative_path] for shard in done for image in shard]
-    inferred = read = 0
-    for found, masked, written, size in pending:
-        rows.extend(written.result())
-        read += masked.result().images_read
-        if not _was_cached(found):
-            inferred += found.result().images_inferred
-            read += found.result().images_read
-        progress.advance(size)
+    return _Plan(images, shards, todo, rows, previous)
 
-    manifest = write_manifest(dest, rows)
-    failed = tuple(row.source for row in rows if row.status is ImageStatus.FAILED)
-    summary = RunSummary(
-        source=source,
-        dest=dest,
-        images_total=len(images),
-        images_written=sum(1 for row in rows if row.status is ImageStatus.WRITTEN),
-        images_unchanged=sum(1 for row in rows if row.status is ImageStatus.UNCHANGED),
-        images_failed=len(failed),
-        images_inferred=inferred,
-        images_read=read,
-        faces_found=sum(len(row.faces) for row in rows),
-        shards=len(shards),
-        seconds=round(time.perf_counter() - started, 3),
-        failed_images=failed,
-        manifest=manifest,
+
+@dataclass
+class _Outcome:
+    rows: list[ManifestRow] = field(default_factory=list)
+    images_inferred: int = 0
+    images_read: int = 0
+    devices: set[str] = field(default_factory=set)
+
+
+def _process(
+    plan: _Plan,
+    source: str,
+    dest: str,
+    detection: DetectionSettings,
+    masking: MaskSettings,
+    output: OutputSettings,
+    run: RunSettings,
+) -> _Outcome:
+    """Detect, mask and write every stale shard; shards spread over the available devices."""
+    outcome = _Outcome(rows=list(plan.up_to_date_rows))
+    progress = _Progress(total=len(plan.images), done=len(plan.up_to_date_rows))
+    detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
+    devices = available_devices(detection.device)
+    # One thread per device runs the model (one run at a time per device) while one more
+    # decodes, masks, encodes and writes; never an unbounded pool.
+    with ThreadPoolTaskRunner(max_workers=len(devices) + 1) as runner:
+        pending = []
+        for index, shard in enumerate(plan.todo):
+            found = runner.submit(
+                detect,
+                {
+                    "images": shard,
+                    "source": source,
+                    "detection": detection,
+                    "max_pixels": output.max_pixels,
+                    "device_hint": index,
+                },
+            )
+            shard_previous = {
+                i.relative_path: plan.previous[i.relative_path]
+                for i in shard
+                if i.relative_path in plan.previous
+            }
+            # opaque/quote: resolve futures without walking thousands of face values (slow).
+            masked = runner.submit(
+                mask_faces,
+                {
+                    "detections": opaque(found),
+                    "source": source,
+                    "dest": dest,
+                    "detection": detection,
+                    "masking": masking,
+                    "output": output,
+                    "caption_note": run.caption_note,
+                    "previous": quote(shard_previous),
+                },
+            )
+            written = runner.submit(
+                write_images,
+                {
+                    "masked": opaque(masked),
+                    "dest": dest,
+                    "detection": detection,
+                    "masking": masking,
+                },
+            )
+            pending.append((found, masked, written, len(shard)))
+        for found, masked, written, size in pending:
+            outcome.rows.extend(written.result())
+            outcome.images_read += masked.result().images_read
+            if not _was_cached(found):
+                detections = found.result()
+                outcome.images_inferred += detections.images_inferred
+                outcome.images_read += detections.images_read
+                if detections.device:
+                    outcome.devices.add(detections.device)
+            progress.advance(size)
+    progress.finish()
+    return outcome
+
+
+def _publish(
+    summary: RunSummary,
+    detection: DetectionSettings,
+    masking: MaskSettings,
+    model_sha: str,
+    partition: tuple[int, int] | None,
+) -> None:
+    """Summary file, UI artifacts and the completion event."""
+    write_bytes_atomic(
+        summary_url(summary.dest, partition), summary.model_dump_json(indent=2).encode()
     )
     create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
     create_markdown_artifact(
         markdown=_report(summary, detection, masking, model_sha), description="Run report"
     )
-    emit_event(
-        event=DATASET_EVENT,
-        resource={"prefect.resource.id": f"anon-tasks.dataset.{dest}", "anon-tasks.dest": dest},
-        payload=summary.model_dump(mode="json", exclude={"failed_images"}),
-    )
-    logger.info(
-        "%d written, %d unchanged, %d failed, %d faces; model ran on %d image(s)",
-        summary.images_written,
-        summary.images_unchanged,
-        summary.images_failed,
-        summary.faces_found,
-        summary.images_inferred,
-    )
-    if failed and not run.allow_failures:
+    if partition is None:  # the parent of a partitioned run announces the whole dataset
+        emit_event(
+            event=DATASET_EVENT,
+            resource={
+                "prefect.resource.id": f"anon-tasks.dataset.{summary.dest}",
+                "anon-tasks.dest": summary.dest,
+            },
+            payload=summary.model_dump(mode="json", exclude={"failed_images"}),
+        )
+
+
+def finish_state(summary: RunSummary, allow_failures: bool) -> State:
+    """Completed with the summary, or Failed naming the images that could not be anonymised."""
+    failed = summary.failed_images
+    if failed and not allow_failures:
         listed = ", ".join(failed[:20]) + (" ..." if len(failed) > 20 else "")
         return Failed(
             message=f"{len(failed)} image(s) could not be anonymised: {listed}", data=summary
         )
     return Completed(message="dataset anonymised", data=summary)
+
+
+@flow(
+    name="anonymize-dataset",
+    description="Find faces in every image of a dataset with CenterFace and hide them.",
+    validate_parameters=True,
+)
+def anonymize_dataset(
+    source: str,
+    dest: str,
+    detection: DetectionSettings = DetectionSettings(),  # noqa: B008 (frozen: safe to share)
+    masking: MaskSettings = MaskSettings(),  # noqa: B008
+    output: OutputSettings = OutputSettings(),  # noqa: B008
+    run: RunSettings = RunSettings(),  # noqa: B008
+) -> RunSummary | State:
+    """Anonymise every image under ``source`` into ``dest``, keeping relative paths.
+
+    Args:
+        source: Folder or fsspec URL of the dataset; never modified.
+        dest: Folder or fsspec URL for the anonymised copy and ``_anonymize/manifest.jsonl``.
+        detection: Threshold, model and device.
+        masking: Method (blur, solid, mosaic, none), mask scale, ellipse, mosaic size.
+        output: JPEG quality, metadata policy and pixel limit.
+        run: Shard size, failure policy, caption note, result storage and partition.
+
+    Returns:
+        The run summary. When images failed and ``run.allow_failures`` is off, the run ends
+        Failed, naming them, after every other image has been written.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
+    model_sha = load_model_file(detection.model_path).sha256
+    plan = _plan(source, dest, detection, masking, output, run, model_sha)
+    logger.info(
+        "%d image(s)%s in %d shard(s): %d up to date, %d shard(s) to process",
+        len(plan.images),
+        f" in partition {run.partition_index}/{run.partition_count}" if run.partition else "",
+        len(plan.shards),
+        len(plan.up_to_date_rows),
+        len(plan.todo),
+    )
+    outcome = _process(plan, source, dest, detection, masking, output, run)
+    manifest = write_manifest(dest, outcome.rows, run.partition)
+    rows = outcome.rows
+    summary = RunSummary(
+        source=source,
+        dest=dest,
+        images_total=len(plan.images),
+        images_written=sum(1 for row in rows if row.status is ImageStatus.WRITTEN),
+        images_unchanged=sum(1 for row in rows if row.status is ImageStatus.UNCHANGED),
+        images_failed=sum(1 for row in rows if row.status is ImageStatus.FAILED),
+        images_inferred=outcome.images_inferred,
+        images_read=outcome.images_read,
+        faces_found=sum(len(row.faces) for row in rows),
+        shards=len(plan.shards),
+        seconds=round(time.perf_counter() - started, 3),
+        failed_images=tuple(row.source for row in rows if row.status is ImageStatus.FAILED),
+        manifest=manifest,
+        devices=tuple(sorted(outcome.devices)),
+        partition=f"{run.partition_index}/{run.partition_count}" if run.partition else None,
+    )
+    _publish(summary, detection, masking, model_sha, run.partition)
+    logger.info(
+        "%d written, %d unchanged, %d failed, %d faces; model ran on %d image(s)%s",
+        summary.images_written,
+        summary.images_unchanged,
+        summary.images_failed,
+        summary.faces_found,
+        summary.images_inferred,
+        f" ({', '.join(summary.devices)})" if summary.devices else "",
+    )
+    return finish_state(summary, run.allow_failures)

@@ -1,0 +1,132 @@
+"""Devices for inference, and host-level leases so two runs never share one.
+
+The devices a process may use come from ``ANON_TASKS_DEVICES`` (a comma-separated list such as
+``cuda:0,cuda:1`` or, for tests and CPU-only hosts, logical ``cpu:0,cpu:1``), else from the CUDA
+devices this process can see, else a single ``cpu``. A GPU worker started by
+``anonymize-workers`` sees one device through ``CUDA_VISIBLE_DEVICES`` and so lists ``cuda:0``.
+
+A lease is an exclusive ``flock`` on a file named after the device in a folder shared by every
+process on the host (``ANON_TASKS_LOCK_DIR``, default ``<tmp>/anon-tasks-device-locks``). The
+kernel releases it when the holder exits, crashed or not, so a dead run never keeps a device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+__all__ = [
+    "DEVICES_ENV",
+    "DeviceBusyError",
+    "available_devices",
+    "device_lease",
+    "visible_cuda_device_count",
+]
+
+logger = logging.getLogger(__name__)
+
+DEVICES_ENV = "ANON_TASKS_DEVICES"
+LOCK_DIR_ENV = "ANON_TASKS_LOCK_DIR"
+_POLL_SECONDS = 0.05
+
+
+class DeviceBusyError(TimeoutError):
+    """No device could be leased before the timeout."""
+
+
+def visible_cuda_device_count() -> int:
+    """How many CUDA devices this process sees (0 when CUDA cannot load)."""
+    from anon_tasks.runtime import cuda_unavailable_reason
+
+    if cuda_unavailable_reason() is not None:
+        return 0
+    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "cudart64_13.dll"):
+        try:
+            cudart = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cudart.cudaGetDeviceCount(ctypes.byref(count)) == 0:
+            return count.value
+        return 0
+    return 0
+
+
+def available_devices(requested: str = "auto") -> list[str]:
+    """The devices shards may be spread over, for a ``device`` setting.
+
+    An explicit device (``cpu``, ``cuda:1``) is used alone; ``auto`` lists ``ANON_TASKS_DEVICES``
+    or every visible CUDA device, else ``cpu``; ``cuda`` lists the visible CUDA devices.
+    """
+    if requested not in ("auto", "cuda"):
+        return [requested]
+    configured = os.environ.get(DEVICES_ENV, "").strip()
+    if configured:
+        return [part.strip().lower() for part in configured.split(",") if part.strip()]
+    count = visible_cuda_device_count()
+    if count:
+        return [f"cuda:{index}" for index in range(count)]
+    return ["cuda"] if requested == "cuda" else ["cpu"]
+
+
+def _lock_dir() -> Path:
+    folder = Path(
+        os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "anon-tasks-device-locks"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _lock_file(device: str) -> Path:
+    # CUDA_VISIBLE_DEVICES renumbers devices per process; lock the physical one.
+    name = device
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if device.startswith("cuda:") and visible:
+        physical = visible.split(",")
+        index = int(device.split(":")[1])
+        if index < len(physical):
+            name = f"cuda:{physical[index].strip()}"
+    return _lock_dir() / (name.replace(":", "-") + ".lock")
+
+
+@contextlib.contextmanager
+def device_lease(candidates: Sequence[str], *, timeout_seconds: float = 3600.0) -> Iterator[str]:
+    """Hold an exclusive lease on the first free device of ``candidates``; yields its name.
+
+    Candidates are tried in order without waiting; when all are busy, they are polled until one
+    frees up or ``timeout_seconds`` pass (then ``DeviceBusyError``). The lease ends with the
+    block, or with the process.
+    """
+    if not candidates:
+        raise ValueError("no device to lease")
+    deadline = time.monotonic() + timeout_seconds
+    handles = {}
+    try:
+        while True:
+            for device in candidates:
+                handle = handles.get(device)
+                if handle is None:
+                    handle = handles[device] = _lock_file(device).open("a+b")
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                try:
+                    logger.debug("leased %s", device)
+                    yield device
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                return
+            if time.monotonic() >= deadline:
+                raise DeviceBusyError(f"every device of {list(candidates)} stayed busy")
+            time.sleep(_POLL_SECONDS)
+    finally:
+        for handle in handles.values():
+            handle.close()
