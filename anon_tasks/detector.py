@@ -180,26 +180,47 @@ class CenterFaceDetector:
             rgb: Upright image, uint8, HxWx3, RGB channel order.
             score_floor: Lowest score kept; filter with :meth:`FaceArrays.above` later.
         """
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-        height, width = rgb.shape[:2]
+        return self.detect_batch([rgb], score_floor=score_floor)[0]
+
+    def detect_batch(
+        self, images: list[np.ndarray], *, score_floor: float = SCORE_FLOOR
+    ) -> list[FaceArrays]:
+        """Detect faces in images of one shape with one model run (faster on GPUs).
+
+        Each image is preprocessed exactly as alone, so the boxes are those of :meth:`detect`.
+
+        Args:
+            images: Upright uint8 HxWx3 RGB images, all of the same height and width.
+            score_floor: Lowest score kept.
+        """
+        for rgb in images:
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(f"expected an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        if not images:
+            return []
+        height, width = images[0].shape[:2]
+        if any(rgb.shape[:2] != (height, width) for rgb in images):
+            raise ValueError("detect_batch needs images of one size")
         if height == 0 or width == 0:
             raise ImageError("image has no pixels")
         net_w, net_h = network_size_wh(width, height)
-        blob = cv2.dnn.blobFromImage(
-            rgb, scalefactor=1.0, size=(net_w, net_h), mean=(0, 0, 0), swapRB=False, crop=False
+        blob = cv2.dnn.blobFromImages(
+            images, scalefactor=1.0, size=(net_w, net_h), mean=(0, 0, 0), swapRB=False, crop=False
         )
         outputs = self._session.run(blob)
-        self.inference_count += 1
-        found = decode_outputs(outputs, (net_w, net_h), score_floor)
-        if len(found) == 0:
-            return found
+        self.inference_count += len(images)
         scale_xy = np.array([net_w / width, net_h / height], dtype=np.float32)
-        return FaceArrays(
-            xyxy=(found.xyxy.reshape(-1, 2, 2) / scale_xy).reshape(-1, 4),
-            scores=found.scores,
-            landmarks_xy=found.landmarks_xy / scale_xy,
-        )
+        results = []
+        for index in range(len(images)):
+            found = decode_outputs(outputs, (net_w, net_h), score_floor, index)
+            if len(found):
+                found = FaceArrays(
+                    xyxy=(found.xyxy.reshape(-1, 2, 2) / scale_xy).reshape(-1, 4),
+                    scores=found.scores,
+                    landmarks_xy=found.landmarks_xy / scale_xy,
+                )
+            results.append(found)
+        return results
 
     def detect_faces(
         self, rgb: np.ndarray, *, threshold: float | None = None, frame: int = 0

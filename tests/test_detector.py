@@ -141,3 +141,15 @@ def test_session_is_shared_and_counts_inferences(astronaut_rgb) -> None:
 def test_rejects_non_rgb(detector) -> None:
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         detector.detect(np.zeros((10, 10), np.uint8))
+
+
+def test_batch_gives_the_boxes_of_single_images(detector, astronaut_rgb) -> None:
+    images = [np.ascontiguousarray(np.roll(astronaut_rgb, 50 * i, axis=1)) for i in range(3)]
+    batched = detector.detect_batch(images, score_floor=THRESHOLD)
+    for rgb, found in zip(images, batched, strict=True):
+        alone = detector.detect(rgb, score_floor=THRESHOLD)
+        assert len(found) == len(alone) >= 1
+        np.testing.assert_allclose(found.xyxy, alone.xyxy, atol=1e-3)
+        np.testing.assert_allclose(found.scores, alone.scores, atol=1e-5)
+    with pytest.raises(ValueError, match="one size"):
+        detector.detect_batch([images[0], images[0][:100]])
