@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "anon_tasks"
-#: Modules allowed to import prefect: the task layer and what sits on it.
-PREFECT_LAYER = {"tasks.py", "flow_support.py", "__init__.py"}
+#: Modules allowed to import prefect: the task layer and the worker launcher (deployment tooling).
+PREFECT_LAYER = {"tasks.py", "workers.py", "__init__.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
