@@ -14,10 +14,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-import fsspec
-
 from anon_tasks.records import ImageRef, SidecarRef
-from anon_tasks.storage import is_local, local_path, object_fingerprint
+from anon_tasks.storage import (
+    StorageOptions,
+    is_local,
+    local_fingerprint,
+    local_path,
+    object_fingerprint,
+    url_to_fs,
+)
 
 __all__ = [
     "CAPTION_SUFFIXES",
@@ -63,11 +68,13 @@ def _walk_local(root: Path, skip_dir: str | None = None) -> Iterator[tuple[str, 
             except OSError:  # vanished or a dangling link
                 continue
             relative = path.relative_to(root).as_posix()
-            yield relative, stat.st_size, f"size:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
+            yield relative, stat.st_size, local_fingerprint(stat)
 
 
-def _walk_remote(root_url: str, skip_dir: str | None = None) -> Iterator[tuple[str, int, str]]:
-    fs, root_path = fsspec.core.url_to_fs(root_url)
+def _walk_remote(
+    root_url: str, skip_dir: str | None = None, options: StorageOptions | None = None
+) -> Iterator[tuple[str, int, str]]:
+    fs, root_path = url_to_fs(root_url, options)
     root_path = root_path.rstrip("/")
     for path, info in sorted(fs.find(root_path, detail=True).items()):
         if info.get("type", "file") != "file":
@@ -96,9 +103,13 @@ def _group_by_folder(
         yield batch
 
 
-def list_dataset(root_url: str) -> Iterator[ImageRef]:
+def list_dataset(root_url: str, options: StorageOptions | None = None) -> Iterator[ImageRef]:
     """The images under ``root_url`` with fingerprints and caption sidecars, in path order."""
-    walk = _walk_local(local_path(root_url)) if is_local(root_url) else _walk_remote(root_url)
+    walk = (
+        _walk_local(local_path(root_url))
+        if is_local(root_url)
+        else _walk_remote(root_url, None, options)
+    )
     for batch in _group_by_folder(walk):
         sidecars: dict[str, list[SidecarRef]] = defaultdict(list)
         for relative, _size, fingerprint in batch:
@@ -117,7 +128,9 @@ def list_dataset(root_url: str) -> Iterator[ImageRef]:
             )
 
 
-def file_fingerprints(root_url: str, *, skip_dir: str | None = None) -> dict[str, str]:
+def file_fingerprints(
+    root_url: str, *, skip_dir: str | None = None, options: StorageOptions | None = None
+) -> dict[str, str]:
     """Fingerprints of every file under ``root_url`` by relative path, from one listing.
 
     Args:
@@ -130,7 +143,7 @@ def file_fingerprints(root_url: str, *, skip_dir: str | None = None) -> dict[str
             return {}
         walk = _walk_local(root, skip_dir)
     else:
-        walk = _walk_remote(root_url, skip_dir)
+        walk = _walk_remote(root_url, skip_dir, options)
     return {relative: fingerprint for relative, _size, fingerprint in walk}
 
 

@@ -10,7 +10,8 @@ One base class, three branches::
         ├── ImageDecodeError       corrupt, truncated or not an image at all
         ├── ImageTooLargeError     more pixels than the configured limit (decompression bombs)
         ├── UnsupportedImageError  a format or layout that cannot be written back faithfully
-        └── ImageEncodeError       the anonymised pixels could not be encoded
+        ├── ImageEncodeError       the anonymised pixels could not be encoded
+        └── UnsafePathError        a path that would lead outside the source or dest
 
 Every ``ImageError`` carries the name of the file it is about, so a report can list failures
 without the caller threading names through. Nothing here holds credentials: messages are safe
@@ -28,6 +29,7 @@ __all__ = [
     "ImageTooLargeError",
     "ModelError",
     "ProviderError",
+    "UnsafePathError",
     "UnsupportedImageError",
 ]
 
@@ -84,3 +86,7 @@ class UnsupportedImageError(ImageError):
 
 class ImageEncodeError(ImageError):
     """Encoding the anonymised image failed."""
+
+
+class UnsafePathError(ImageError):
+    """A relative path (an object key, a file name) that would lead outside its root."""

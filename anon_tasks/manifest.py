@@ -12,10 +12,11 @@ import logging
 from collections.abc import Iterable
 
 from anon_tasks.records import ImageStatus, ManifestRow
-from anon_tasks.storage import join_url, read_bytes, write_bytes_atomic
+from anon_tasks.storage import StorageOptions, join_url, read_bytes, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",
+    "STAGING_DIR",
     "manifest_url",
     "read_manifest",
     "summary_url",
@@ -26,6 +27,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_DIR = "_anonymize"
+#: Where local outputs are staged before their atomic rename, out of dataset readers' way.
+STAGING_DIR = f"{MANIFEST_DIR}/tmp"
 
 
 def _suffix(partition: tuple[int, int] | None) -> str:
@@ -43,11 +46,11 @@ def summary_url(dest: str, partition: tuple[int, int] | None = None) -> str:
 
 
 def read_manifest(
-    dest: str, partition: tuple[int, int] | None = None, **storage_options: object
+    dest: str, partition: tuple[int, int] | None = None, options: StorageOptions | None = None
 ) -> dict[str, ManifestRow]:
     """The previous run's rows by source path; empty when there is none or it is unreadable."""
     try:
-        content = read_bytes(manifest_url(dest, partition), **storage_options)
+        content = read_bytes(manifest_url(dest, partition), options)
     except FileNotFoundError:
         return {}
     rows: dict[str, ManifestRow] = {}
@@ -67,13 +70,13 @@ def write_manifest(
     dest: str,
     rows: Iterable[ManifestRow],
     partition: tuple[int, int] | None = None,
-    **storage_options: object,
+    options: StorageOptions | None = None,
 ) -> str:
     """Write the manifest (sorted by source path) in one atomic step; returns its URL."""
     ordered = sorted(rows, key=lambda row: row.source)
     lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in ordered]
     url = manifest_url(dest, partition)
-    write_bytes_atomic(url, ("\n".join(lines) + "\n").encode("utf-8"), **storage_options)
+    write_bytes_atomic(url, ("\n".join(lines) + "\n").encode("utf-8"), options)
     return url
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "build_settings",
 ]
 
+_SECRET_KEY = re.compile(r"secret|token|password|passwd|(^|_)key$|credential", re.IGNORECASE)
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|cpu:\d+)$")
 
 
@@ -160,6 +161,17 @@ class RunSettings(_Settings):
         "(e.g. 's3-bucket/anon-cache'), a local path or an fsspec URL. Empty: "
         "<dest>/_anonymize/cache for a local dest, Prefect's default result storage otherwise.",
     )
+    storage_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="fsspec storage options for source, dest and result storage, e.g. "
+        "{'endpoint_url': 'http://minio:9000'} or {'profile': 'datasets'}. No secrets here: "
+        "they would show in the UI; use credentials_block or the AWS credential chain.",
+    )
+    credentials_block: str | None = Field(
+        default=None,
+        description="A Prefect credentials block, e.g. 'aws-credentials/datasets' (prefect-aws "
+        "AwsCredentials): its keys, region and endpoint are used for s3:// URLs.",
+    )
     partition_index: int = Field(
         default=0,
         ge=0,
@@ -173,6 +185,17 @@ class RunSettings(_Settings):
         description="Into how many partitions the dataset is split (1: the whole dataset). "
         "Images are assigned by a hash of their path.",
     )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, object]) -> dict[str, object]:
+        secret = [key for key in value if _SECRET_KEY.search(key)]
+        if secret:
+            raise ValueError(
+                f"{secret} look like credentials: keep secrets out of parameters and use "
+                "credentials_block or the AWS credential chain"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_partition(self) -> RunSettings:

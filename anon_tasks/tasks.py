@@ -15,7 +15,7 @@ dest still carries the fingerprint and render key the previous manifest recorded
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import SCORE_FLOOR
 from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ImageError
-from anon_tasks.manifest import unchanged_row
+from anon_tasks.manifest import STAGING_DIR, unchanged_row
 from anon_tasks.model import load_model_file
 from anon_tasks.records import (
     ImageDetections,
@@ -49,7 +49,13 @@ from anon_tasks.settings import (
     MaskSettings,
     OutputSettings,
 )
-from anon_tasks.storage import file_fingerprint, join_url, read_bytes, write_bytes_atomic
+from anon_tasks.storage import (
+    file_fingerprint,
+    is_local,
+    join_url,
+    read_bytes,
+    write_bytes_atomic,
+)
 
 __all__ = [
     "MaskedImage",
@@ -57,6 +63,7 @@ __all__ = [
     "detect_faces",
     "list_images",
     "mask_faces",
+    "storage_options_for",
     "write_images",
 ]
 
@@ -109,12 +116,72 @@ def _anonymizer(
         return _anonymizers[key]
 
 
+def _block_storage_options(slug: str) -> dict[str, Any]:
+    """fsspec options from a Prefect credentials block (prefect-aws ``AwsCredentials`` style)."""
+    with _blocks_lock:
+        if slug in _block_options:
+            return _block_options[slug]
+    from prefect.blocks.core import Block
+
+    block = Block.load(slug)
+    options: dict[str, Any] = {}
+
+    def secret(name: str) -> str | None:
+        value = getattr(block, name, None)
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+    if getattr(block, "aws_access_key_id", None):
+        options["key"] = block.aws_access_key_id  # type: ignore[attr-defined]
+    if secret("aws_secret_access_key"):
+        options["secret"] = secret("aws_secret_access_key")
+    if secret("aws_session_token"):
+        options["token"] = secret("aws_session_token")
+    if getattr(block, "profile_name", None):
+        options["profile"] = block.profile_name  # type: ignore[attr-defined]
+    client_kwargs = {}
+    if getattr(block, "region_name", None):
+        client_kwargs["region_name"] = block.region_name  # type: ignore[attr-defined]
+    parameters = getattr(block, "aws_client_parameters", None)
+    if parameters is not None and getattr(parameters, "endpoint_url", None):
+        options["endpoint_url"] = parameters.endpoint_url
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    with _blocks_lock:
+        _block_options[slug] = options
+    return options
+
+
+_block_options: dict[str, dict[str, Any]] = {}
+_blocks_lock = threading.Lock()
+
+
+def storage_options_for(
+    storage_options: Mapping[str, Any] | None, credentials_block: str | None
+) -> dict[str, Any]:
+    """The fsspec options for a run: its plain options plus those of its credentials block.
+
+    The block is loaded once per process; the result holds secrets and is never logged,
+    persisted or put in a cache key.
+    """
+    options = dict(storage_options or {})
+    if credentials_block:
+        options.update(_block_storage_options(credentials_block))
+    return options
+
+
 @task(name="list-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
-def list_images(source: str) -> list[ImageRef]:
+def list_images(
+    source: str,
+    storage_options: dict[str, Any] | None = None,
+    credentials_block: str | None = None,
+) -> list[ImageRef]:
     """List the images under ``source`` with content fingerprints and caption sidecars.
 
     Args:
         source: A local folder or fsspec URL.
+        storage_options: fsspec options (no secrets), e.g. ``{"endpoint_url": ...}``.
+        credentials_block: A Prefect credentials block for the storage, e.g.
+            ``"aws-credentials/datasets"``.
 
     Returns:
         Image references sorted by relative path.
@@ -122,7 +189,8 @@ def list_images(source: str) -> list[ImageRef]:
     Example:
         >>> images = list_images("s3://bucket/raw")
     """
-    images = sorted(list_dataset(source), key=lambda image: image.relative_path)
+    options = storage_options_for(storage_options, credentials_block)
+    images = sorted(list_dataset(source, options), key=lambda image: image.relative_path)
     get_run_logger().info("%d image(s) under %s", len(images), source)
     return images
 
@@ -162,6 +230,8 @@ def detect_faces(
     detection: DetectionSettings = _DEFAULT_DETECTION,
     max_pixels: int = _DEFAULT_OUTPUT.max_pixels,
     device_hint: int = 0,
+    storage_options: dict[str, Any] | None = None,
+    credentials_block: str | None = None,
 ) -> ShardDetections:
     """Find every face candidate above the score floor in a shard of images.
 
@@ -176,6 +246,8 @@ def detect_faces(
         max_pixels: Images above this many pixels are refused before decoding.
         device_hint: Which of the available devices to try first (the flow spreads shards
             round-robin); a free device is leased exclusively for the shard's inference.
+        storage_options: fsspec options for the source (no secrets).
+        credentials_block: A Prefect credentials block for the source.
 
     Returns:
         Detections per image, and how many images were read and inferred in this run.
@@ -183,6 +255,7 @@ def detect_faces(
     logger = get_run_logger()
     context = TaskRunContext.get()
     store = context.result_store if context is not None else None
+    options = storage_options_for(storage_options, credentials_block)
     model_sha = load_model_file(detection.model_path).sha256
     keys = [
         detection_key(
@@ -216,10 +289,10 @@ def detect_faces(
                 OutputSettings(max_pixels=max_pixels),
             )
             for image, key in missing:
-                url = join_url(source, image.relative_path)
-                content = read_bytes(url)  # storage errors propagate: the task retries
-                read += 1
                 try:
+                    url = join_url(source, image.relative_path)
+                    content = read_bytes(url, options)  # storage errors: the task retries
+                    read += 1
                     decoded = anonymizer.decode(content, source=image.relative_path)
                     faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)
                     inferred += 1
@@ -233,6 +306,13 @@ def detect_faces(
                 except ImageError as exc:
                     logger.warning("cannot read %s: %s", image.relative_path, exc.reason)
                     result = ImageDetections(image=image, score_floor=SCORE_FLOOR, error=str(exc))
+                except FileNotFoundError:  # removed since it was listed
+                    logger.warning("%s vanished before it could be read", image.relative_path)
+                    result = ImageDetections(
+                        image=image,
+                        score_floor=SCORE_FLOOR,
+                        error=f"{image.relative_path}: removed from the source during the run",
+                    )
                 if store is not None:
                     store.write(obj=result, key=key)
                 found[image.relative_path] = result
@@ -249,21 +329,28 @@ def detect_faces(
     )
 
 
-def _is_unchanged(previous: ManifestRow | None, key: str, dest: str) -> bool:
+def _is_unchanged(
+    previous: ManifestRow | None, key: str, dest: str, options: Mapping[str, Any]
+) -> bool:
     if previous is None or previous.render_key != key or previous.output is None:
         return False
     if previous.status not in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED):
         return False
-    current = file_fingerprint(join_url(dest, previous.output))
+    current = file_fingerprint(join_url(dest, previous.output), options)
     return current is not None and current == previous.output_fingerprint
 
 
 def _sidecars(
-    source: str, image: ImageRef, faces: tuple[Face, ...], note: str | None, masked: bool
+    source: str,
+    image: ImageRef,
+    faces: tuple[Face, ...],
+    note: str | None,
+    masked: bool,
+    options: Mapping[str, Any],
 ) -> tuple[tuple[str, bytes], ...]:
     copies = []
     for sidecar in image.sidecars:
-        content = read_bytes(join_url(source, sidecar.relative_path))
+        content = read_bytes(join_url(source, sidecar.relative_path), options)
         if note and masked and faces:
             content = add_caption_note(sidecar.relative_path, content, note)
         copies.append((sidecar.relative_path, content))
@@ -280,6 +367,8 @@ def mask_faces(
     output: OutputSettings = _DEFAULT_OUTPUT,
     caption_note: str | None = None,
     previous: dict[str, ManifestRow] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    credentials_block: str | None = None,
 ) -> MaskedShard:
     """Mask the faces above the threshold in each image of a shard and encode the result.
 
@@ -296,6 +385,8 @@ def mask_faces(
         output: Encoding settings (JPEG quality, metadata, pixel limit).
         caption_note: Note added to caption sidecars of images with masked faces.
         previous: The previous manifest's rows for this shard's images, by source path.
+        storage_options: fsspec options for source and dest (no secrets).
+        credentials_block: A Prefect credentials block for source and dest.
 
     Returns:
         One ``MaskedImage`` per image, in shard order, and the number of images read (an image
@@ -305,6 +396,7 @@ def mask_faces(
     anonymizer = _anonymizer(detection, masking, output)
     model_sha = anonymizer.detector.model_sha256
     previous = previous or {}
+    options = storage_options_for(storage_options, credentials_block)
     masked: list[MaskedImage] = []
     read = 0
     for found in detections.images:
@@ -322,7 +414,7 @@ def mask_faces(
             masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=found.error))
             continue
         prior = previous.get(image.relative_path)
-        if _is_unchanged(prior, key, dest):
+        if _is_unchanged(prior, key, dest, options):
             masked.append(
                 MaskedImage(
                     image=image,
@@ -333,25 +425,30 @@ def mask_faces(
                 )
             )
             continue
-        url = join_url(source, image.relative_path)
         try:
+            url = join_url(source, image.relative_path)
             decoded = decoded_cache.pop(url, image.fingerprint)
             if decoded is None:
-                decoded = anonymizer.decode(read_bytes(url), source=image.relative_path)
+                decoded = anonymizer.decode(read_bytes(url, options), source=image.relative_path)
                 read += 1
             encoded = anonymizer.encode(anonymizer.mask(decoded, faces), source=image.relative_path)
+            hides = masking.method is not AnonymizeMethod.NONE
+            sidecars = _sidecars(source, image, faces, caption_note, hides, options)
         except ImageError as exc:
             logger.warning("cannot anonymise %s: %s", image.relative_path, exc.reason)
             masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=str(exc)))
             continue
-        hides = masking.method is not AnonymizeMethod.NONE
+        except FileNotFoundError:
+            error = f"{image.relative_path}: removed from the source during the run"
+            masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=error))
+            continue
         masked.append(
             MaskedImage(
                 image=image,
                 status=ImageStatus.WRITTEN,
                 faces=faces,
                 content=encoded,
-                sidecars=_sidecars(source, image, faces, caption_note, hides),
+                sidecars=sidecars,
                 render_key=key,
             )
         )
@@ -375,6 +472,8 @@ def write_images(
     dest: str,
     detection: DetectionSettings = _DEFAULT_DETECTION,
     masking: MaskSettings = _DEFAULT_MASKING,
+    storage_options: dict[str, Any] | None = None,
+    credentials_block: str | None = None,
 ) -> list[ManifestRow]:
     """Write anonymised images and their sidecars to ``dest`` atomically; return manifest rows.
 
@@ -386,11 +485,15 @@ def write_images(
         dest: The output root; relative paths are kept.
         detection: Recorded in the manifest (threshold, model).
         masking: Recorded in the manifest (method and its parameters).
+        storage_options: fsspec options for dest (no secrets).
+        credentials_block: A Prefect credentials block for dest.
 
     Returns:
         One manifest row per image, in shard order.
     """
     model_sha = load_model_file(detection.model_path).sha256
+    options = storage_options_for(storage_options, credentials_block)
+    staging = join_url(dest, STAGING_DIR) if is_local(dest) else None
     parameters = {
         "threshold": detection.threshold,
         **masking.model_dump(mode="json"),
@@ -418,15 +521,15 @@ def write_images(
         if item.content is None:  # fail closed: nothing to write is never "written"
             raise ValueError(f"{output}: no anonymised bytes for an image marked written")
         url = join_url(dest, output)
-        write_bytes_atomic(url, item.content)
-        for relative, content in item.sidecars:
-            write_bytes_atomic(join_url(dest, relative), content)
+        for relative, content in item.sidecars:  # captions first: an image is never without
+            write_bytes_atomic(join_url(dest, relative), content, options, staging_dir=staging)
+        write_bytes_atomic(url, item.content, options, staging_dir=staging)
         rows.append(
             ManifestRow(
                 output=output,
                 status=item.status,
                 faces=_manifest_faces(item.faces),
-                output_fingerprint=file_fingerprint(url),
+                output_fingerprint=file_fingerprint(url, options),
                 **common,
             )
         )

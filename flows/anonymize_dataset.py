@@ -51,7 +51,13 @@ from anon_tasks.settings import (
 )
 from anon_tasks.sharding import partition_of, stable_shards
 from anon_tasks.storage import is_local, local_path, write_bytes_atomic
-from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
+from anon_tasks.tasks import (
+    detect_faces,
+    list_images,
+    mask_faces,
+    storage_options_for,
+    write_images,
+)
 
 __all__ = ["DATASET_EVENT", "anonymize_dataset", "check_paths", "finish_state"]
 
@@ -195,15 +201,16 @@ def _plan(
     run: RunSettings,
     model_sha: str,
 ) -> _Plan:
-    images = list_images(source)
+    options = storage_options_for(run.storage_options, run.credentials_block)
+    images = list_images(source, run.storage_options, run.credentials_block)
     if run.partition is not None:
         index, count = run.partition
         images = [i for i in images if partition_of(i.relative_path, count) == index]
-    previous = read_manifest(dest, run.partition)
+    previous = read_manifest(dest, run.partition, options)
     up_to_date = up_to_date_rows(
         images,
         previous,
-        file_fingerprints(dest, skip_dir=MANIFEST_DIR),
+        file_fingerprints(dest, skip_dir=MANIFEST_DIR, options=options),
         lambda image: render_key(
             image,
             model_sha256=model_sha,
@@ -244,6 +251,10 @@ def _process(
     progress = _Progress(total=len(plan.images), done=len(plan.up_to_date_rows))
     detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
     devices = available_devices(detection.device)
+    storage = {
+        "storage_options": run.storage_options,
+        "credentials_block": run.credentials_block,
+    }
     # One thread per device runs the model (one run at a time per device) while one more
     # decodes, masks, encodes and writes; never an unbounded pool.
     with ThreadPoolTaskRunner(max_workers=len(devices) + 1) as runner:
@@ -257,6 +268,7 @@ def _process(
                     "detection": detection,
                     "max_pixels": output.max_pixels,
                     "device_hint": index,
+                    **storage,
                 },
             )
             shard_previous = {
@@ -276,6 +288,7 @@ def _process(
                     "output": output,
                     "caption_note": run.caption_note,
                     "previous": quote(shard_previous),
+                    **storage,
                 },
             )
             written = runner.submit(
@@ -307,11 +320,14 @@ def _publish(
     detection: DetectionSettings,
     masking: MaskSettings,
     model_sha: str,
-    partition: tuple[int, int] | None,
+    run: RunSettings,
 ) -> None:
     """Summary file, UI artifacts and the completion event."""
+    partition = run.partition
     write_bytes_atomic(
-        summary_url(summary.dest, partition), summary.model_dump_json(indent=2).encode()
+        summary_url(summary.dest, partition),
+        summary.model_dump_json(indent=2).encode(),
+        storage_options_for(run.storage_options, run.credentials_block),
     )
     create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
     create_markdown_artifact(
@@ -380,7 +396,12 @@ def anonymize_dataset(
         len(plan.todo),
     )
     outcome = _process(plan, source, dest, detection, masking, output, run)
-    manifest = write_manifest(dest, outcome.rows, run.partition)
+    manifest = write_manifest(
+        dest,
+        outcome.rows,
+        run.partition,
+        storage_options_for(run.storage_options, run.credentials_block),
+    )
     rows = outcome.rows
     summary = RunSummary(
         source=source,
@@ -399,7 +420,7 @@ def anonymize_dataset(
         devices=tuple(sorted(outcome.devices)),
         partition=f"{run.partition_index}/{run.partition_count}" if run.partition else None,
     )
-    _publish(summary, detection, masking, model_sha, run.partition)
+    _publish(summary, detection, masking, model_sha, run)
     logger.info(
         "%d written, %d unchanged, %d failed, %d faces; model ran on %d image(s)%s",
         summary.images_written,

@@ -26,6 +26,7 @@ from anon_tasks.manifest import read_manifest, summary_url, write_manifest
 from anon_tasks.records import ManifestRow, RunSummary
 from anon_tasks.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
 from anon_tasks.storage import read_bytes
+from anon_tasks.tasks import storage_options_for
 
 __all__ = ["DEFAULT_DEPLOYMENT", "PartitionFailedError", "anonymize_partitioned"]
 
@@ -164,8 +165,9 @@ def anonymize_partitioned(
                 failed_partitions.append(index)
                 logger.error("partition %d/%d failed: %s", index, partitions, future.state.message)
 
-    rows, summaries = _merge(dest, partitions, finished)
-    manifest = write_manifest(dest, rows)
+    options = storage_options_for(run.storage_options, run.credentials_block)
+    rows, summaries = _merge(dest, partitions, finished, options)
+    manifest = write_manifest(dest, rows, None, options)
     failed_images = tuple(sorted(image for s in summaries for image in s.failed_images))
     summary = RunSummary(
         source=source,
