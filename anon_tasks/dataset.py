@@ -13,6 +13,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from anon_tasks.records import ImageRef, SidecarRef
 from anon_tasks.storage import (
@@ -71,17 +72,51 @@ def _walk_local(root: Path, skip_dir: str | None = None) -> Iterator[tuple[str, 
             yield relative, stat.st_size, local_fingerprint(stat)
 
 
+def _s3_pages(fs: Any, root_path: str) -> Iterator[list[dict[str, Any]]]:
+    """One ``list_objects_v2`` page (up to 1,000 objects) at a time, in key order."""
+    from fsspec.asyn import sync
+
+    bucket, _, prefix = root_path.partition("/")
+    prefix = prefix + "/" if prefix else ""
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
+        yield [
+            {"name": f"{bucket}/{item['Key']}", "size": item.get("Size", 0), **item}
+            for item in page.get("Contents", [])
+        ]
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+def _remote_entries(fs: Any, root_path: str) -> Iterator[dict[str, Any]]:
+    """Every object under ``root_path``: paged from S3 (never the whole listing at once),
+    from ``find`` elsewhere."""
+    if type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_call_s3"):
+        for page in _s3_pages(fs, root_path):
+            yield from page
+        return
+    fs.invalidate_cache()
+    for path, info in sorted(fs.find(root_path, detail=True).items()):
+        if info.get("type", "file") == "file":
+            yield {**info, "name": path}
+
+
 def _walk_remote(
     root_url: str, skip_dir: str | None = None, options: StorageOptions | None = None
 ) -> Iterator[tuple[str, int, str]]:
     fs, root_path = url_to_fs(root_url, options)
     root_path = root_path.rstrip("/")
-    for path, info in sorted(fs.find(root_path, detail=True).items()):
-        if info.get("type", "file") != "file":
-            continue
-        relative = path[len(root_path) :].lstrip("/")
+    for info in _remote_entries(fs, root_path):
+        relative = info["name"][len(root_path) :].lstrip("/")
         parts = PurePosixPath(relative).parts
-        if any(part.startswith(".") for part in parts[:-1]) or (parts and parts[0] == skip_dir):
+        if not parts or relative.endswith("/"):
+            continue  # the prefix itself, or a "folder" marker object
+        if any(part.startswith(".") for part in parts[:-1]) or parts[0] == skip_dir:
             continue
         yield relative, int(info.get("size") or 0), object_fingerprint(info)
 

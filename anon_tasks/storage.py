@@ -121,6 +121,7 @@ def file_fingerprint(url: str, options: StorageOptions | None = None) -> str | N
         except FileNotFoundError:
             return None
     fs, path = url_to_fs(url, options)
+    fs.invalidate_cache(path)  # a listing cached earlier in this process may be stale
     try:
         info = fs.info(path)
     except FileNotFoundError:

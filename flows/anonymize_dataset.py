@@ -298,6 +298,7 @@ def _process(
                     "dest": dest,
                     "detection": detection,
                     "masking": masking,
+                    **storage,
                 },
             )
             pending.append((found, masked, written, len(shard)))

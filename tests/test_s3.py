@@ -1,0 +1,177 @@
+"""S3 datasets against a real HTTP S3 endpoint on 127.0.0.1 (moto's server mode)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anon_tasks.settings import DetectionSettings, RunSettings
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+BUCKET = "datasets"
+SECRET = "s3cr3t-never-logged"
+NAMES = [
+    "raw/astronaut.png",
+    "raw/people/anna maría/foto 1.jpg",
+    "raw/people/zoë/портрет.webp",
+    "raw/deep/a/b/c/face.jpg",
+    "raw/large/noise_face.png",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """An empty bucket on the endpoint; credentials from the environment (the AWS chain)."""
+    import urllib.request
+
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    request = urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request, timeout=10).close()
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    return fs
+
+
+def put_dataset(fs, astronaut_rgb) -> None:
+    def encoded(image: np.ndarray, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    large = np.random.default_rng(0).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)
+    large[300:812, 300:812] = astronaut_rgb  # a face inside 7 MB of incompressible noise
+    contents = {
+        NAMES[0]: encoded(astronaut_rgb, "PNG"),
+        NAMES[1]: encoded(np.roll(astronaut_rgb, 90, axis=1), "JPEG"),
+        NAMES[2]: encoded(np.roll(astronaut_rgb, 40, axis=0), "WEBP"),
+        NAMES[3]: encoded(astronaut_rgb[::-1].copy(), "JPEG"),
+        NAMES[4]: encoded(large, "PNG"),
+        "raw/astronaut.txt": b"an astronaut",
+    }
+    for key, content in contents.items():
+        fs.pipe(f"{BUCKET}/{key}", content)
+
+
+def run_flow(source: str, dest: str, **run_values):
+    from anon_tasks.flows import anonymize_dataset
+
+    return anonymize_dataset(
+        source,
+        dest,
+        DetectionSettings(device="cpu"),
+        run=RunSettings(shard_size=2, caption_note="faces are blurred", **run_values),
+    )
+
+
+def test_s3_source_and_dest_with_endpoint_option(s3, s3_endpoint, astronaut_rgb) -> None:
+    put_dataset(s3, astronaut_rgb)
+    options = {"endpoint_url": s3_endpoint}
+    summary = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert summary.images_total == summary.images_written == 5
+    assert summary.images_failed == 0
+    assert summary.faces_found >= 5
+    s3.invalidate_cache()
+    for name in NAMES:
+        key = f"{BUCKET}/anon/{name.removeprefix('raw/')}"
+        assert s3.exists(key), key
+        assert s3.info(key)["size"] > 0
+    assert s3.cat(f"{BUCKET}/anon/astronaut.txt") == b"an astronaut, faces are blurred"
+    rows = [
+        json.loads(line)
+        for line in s3.cat(f"{BUCKET}/anon/_anonymize/manifest.jsonl").decode().splitlines()
+    ]
+    assert {row["source"] for row in rows} == {n.removeprefix("raw/") for n in NAMES}
+    assert all(row["source_fingerprint"].startswith("etag:") for row in rows)
+    masked = np.asarray(Image.open(io.BytesIO(s3.cat(f"{BUCKET}/anon/astronaut.png"))))
+    assert np.abs(masked[90:150, 200:250].astype(int) - astronaut_rgb[90:150, 200:250]).mean() > 5
+
+    again = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert again.images_read == 0  # ETags and the manifest say everything is up to date
+    assert again.images_inferred == 0
+    assert again.images_unchanged == 5
+
+
+def test_endpoint_from_the_aws_environment(s3, s3_endpoint, astronaut_rgb, monkeypatch) -> None:
+    put_dataset(s3, astronaut_rgb)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    summary = run_flow(f"s3://{BUCKET}/raw/people", f"s3://{BUCKET}/out")
+    assert summary.images_written == 2
+    s3.invalidate_cache()
+    assert s3.exists(f"{BUCKET}/out/anna maría/foto 1.jpg")
+
+
+def test_credentials_block_and_no_secret_anywhere(
+    s3, s3_endpoint, astronaut_rgb, monkeypatch, caplog
+) -> None:
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    put_dataset(s3, astronaut_rgb)
+    AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
+    ).save("anon-test-s3", overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)  # only the block knows the credentials now
+    caplog.set_level(logging.DEBUG)
+    summary = run_flow(
+        f"s3://{BUCKET}/raw",
+        f"s3://{BUCKET}/anon",
+        credentials_block="aws-credentials/anon-test-s3",
+    )
+    assert summary.images_written == 5
+    assert SECRET not in caplog.text
+    assert SECRET not in summary.model_dump_json()
+    manifest = s3.cat(f"{BUCKET}/anon/_anonymize/manifest.jsonl").decode()
+    assert SECRET not in manifest
+    assert SECRET not in s3.cat(f"{BUCKET}/anon/_anonymize/summary.json").decode()
+
+
+def test_secrets_are_refused_as_plain_parameters() -> None:
+    with pytest.raises(ValueError, match="credentials_block"):
+        RunSettings(storage_options={"secret": SECRET})
+
+
+def test_listing_is_paged(s3, s3_endpoint) -> None:
+    from anon_tasks.dataset import list_dataset
+
+    for index in range(2350):  # three pages of list_objects_v2
+        s3.pipe(f"{BUCKET}/many/{index:05d}.jpg", b"x")
+    listed = list_dataset(f"s3://{BUCKET}/many", {"endpoint_url": s3_endpoint})
+    first = next(listed)  # a generator: the first page is enough to start
+    assert first.relative_path == "00000.jpg"
+    assert sum(1 for _ in listed) == 2349
