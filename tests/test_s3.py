@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -32,17 +33,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
+class MotoEndpoint:
+    """moto's threaded S3 server on a fixed loopback port, which tests may stop and restart."""
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    endpoint = MotoEndpoint()
+    endpoint.start()
     try:
-        yield f"http://{host}:{port}"
+        yield endpoint
     finally:
-        server.stop()
+        endpoint.stop()
+
+
+@pytest.fixture
+def s3_endpoint(moto_endpoint) -> str:
+    return moto_endpoint.url
 
 
 @pytest.fixture
@@ -175,3 +198,50 @@ def test_listing_is_paged(s3, s3_endpoint) -> None:
     first = next(listed)  # a generator: the first page is enough to start
     assert first.relative_path == "00000.jpg"
     assert sum(1 for _ in listed) == 2349
+
+
+def test_endpoint_outage_fails_clearly_and_a_rerun_finishes(
+    s3, s3_endpoint, moto_endpoint, astronaut_rgb
+) -> None:
+    import threading
+
+    import s3fs
+
+    for index in range(10):
+        buffer = io.BytesIO()
+        Image.fromarray(np.roll(astronaut_rgb, 45 * index, axis=1)).save(buffer, format="PNG")
+        s3.pipe(f"{BUCKET}/raw/img{index:02d}.png", buffer.getvalue())
+    options = {"endpoint_url": s3_endpoint}
+    watcher_fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+
+    def stop_after_first_output() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            watcher_fs.invalidate_cache()
+            if watcher_fs.exists(f"{BUCKET}/anon/img00.png") or any(
+                key.endswith(".png") for key in watcher_fs.find(f"{BUCKET}/anon")
+            ):
+                break
+            time.sleep(0.05)
+        moto_endpoint.stop()
+
+    watcher = threading.Thread(target=stop_after_first_output)
+    watcher.start()
+    try:
+        with pytest.raises(Exception, match=r"(?i)connect|endpoint|could not") as caught:
+            run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    finally:
+        watcher.join(timeout=150)
+        moto_endpoint.start()  # the endpoint comes back, with what it stored
+    assert "127.0.0.1" in str(caught.value) or "connect" in str(caught.value).lower()
+
+    s3.invalidate_cache()
+    for key in s3.find(f"{BUCKET}/anon"):
+        assert s3.info(key)["size"] > 0, key  # never a partial or empty object
+    again = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert again.images_written + again.images_unchanged == 10
+    run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/clean", storage_options=options)
+    s3.invalidate_cache()
+    for index in range(10):
+        name = f"img{index:02d}.png"
+        assert s3.cat(f"{BUCKET}/anon/{name}") == s3.cat(f"{BUCKET}/clean/{name}")
