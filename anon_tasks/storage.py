@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "local_path",
     "object_fingerprint",
     "read_bytes",
+    "remove_stale_staging_files",
     "safe_relative_path",
     "url_to_fs",
     "write_bytes_atomic",
@@ -153,6 +155,30 @@ def write_bytes_atomic(
         _write_local_atomic(Path(path), content, staging_dir)
         return
     fs.pipe_file(path, content)  # one PUT: object stores never expose a partial object
+
+
+def remove_stale_staging_files(staging_dir: str, older_than_seconds: float = 3600.0) -> int:
+    """Delete temporary files a crashed run left in a local staging folder; returns the count.
+
+    Only files older than ``older_than_seconds`` go, so a run writing right now keeps its own.
+    """
+    if not is_local(staging_dir):
+        return 0
+    folder = local_path(staging_dir)
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for path in folder.glob(f"{TEMP_PREFIX}*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        logger.info("removed %d stale temporary file(s) from %s", removed, folder)
+    return removed
 
 
 def _write_local_atomic(target: Path, content: bytes, staging_dir: str | None) -> None:

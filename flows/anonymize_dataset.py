@@ -38,7 +38,13 @@ from anon_tasks.cache_keys import render_key
 from anon_tasks.dataset import file_fingerprints
 from anon_tasks.devices import available_devices
 from anon_tasks.errors import ConfigurationError
-from anon_tasks.manifest import MANIFEST_DIR, read_manifest, summary_url, write_manifest
+from anon_tasks.manifest import (
+    MANIFEST_DIR,
+    STAGING_DIR,
+    read_manifest,
+    summary_url,
+    write_manifest,
+)
 from anon_tasks.model import load_model_file
 from anon_tasks.planning import up_to_date_rows
 from anon_tasks.progress import report_progress
@@ -50,7 +56,13 @@ from anon_tasks.settings import (
     RunSettings,
 )
 from anon_tasks.sharding import partition_of, stable_shards
-from anon_tasks.storage import is_local, local_path, write_bytes_atomic
+from anon_tasks.storage import (
+    is_local,
+    join_url,
+    local_path,
+    remove_stale_staging_files,
+    write_bytes_atomic,
+)
 from anon_tasks.tasks import (
     detect_faces,
     list_images,
@@ -202,6 +214,8 @@ def _plan(
     model_sha: str,
 ) -> _Plan:
     options = storage_options_for(run.storage_options, run.credentials_block)
+    if is_local(dest):
+        remove_stale_staging_files(join_url(dest, STAGING_DIR))
     images = list_images(source, run.storage_options, run.credentials_block)
     if run.partition is not None:
         index, count = run.partition

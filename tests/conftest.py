@@ -52,6 +52,8 @@ def prefect_api(tmp_path_factory):
     os.environ["PREFECT_HOME"] = str(home)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "anon_tasks")
+    # Library code also logs outside flow runs in tests; that is not an error.
+    os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
 
@@ -59,6 +61,7 @@ def prefect_api(tmp_path_factory):
         prefect_settings.PREFECT_HOME: str(home),
         prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
         prefect_settings.PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        prefect_settings.PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",
     }
     with prefect_settings.temporary_settings(updates=updates), prefect_test_harness():
         yield

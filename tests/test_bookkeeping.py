@@ -173,3 +173,18 @@ def test_decoded_cache_is_bounded_and_pops_once() -> None:
     assert cache.pop("u4", "f") is not None
     assert cache.pop("u4", "f") is None
     assert cache.pop("u3", "other-fingerprint") is None
+
+
+def test_stale_staging_files_are_removed_and_fresh_ones_kept(tmp_path) -> None:
+    from anon_tasks.storage import TEMP_PREFIX, remove_stale_staging_files
+
+    old = tmp_path / f"{TEMP_PREFIX}crashed"
+    fresh = tmp_path / f"{TEMP_PREFIX}writing"
+    other = tmp_path / "keep.jpg"
+    for path in (old, fresh, other):
+        path.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    os.utime(other, (1, 1))
+    assert remove_stale_staging_files(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name])
+    assert remove_stale_staging_files(str(tmp_path / "missing")) == 0
