@@ -15,7 +15,8 @@ dest still carries the fingerprint and render key the previous manifest recorded
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +207,30 @@ def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     )
 
 
+#: Source reads in flight ahead of decoding and inference (hides object-store latency).
+READ_AHEAD_THREADS = 4
+
+
+def _read_ahead(
+    source: str, images: Sequence[ImageRef], options: Mapping[str, Any]
+) -> Iterator[tuple[ImageRef, str, bytes | Exception]]:
+    """Each image's bytes in order, read by a few threads ahead of the consumer.
+
+    Per-image errors (an unsafe path, a file removed since listing) come back in place of the
+    bytes; storage errors are raised, so the task retries. Bounded by the shard's size.
+    """
+
+    def fetch(image: ImageRef) -> tuple[ImageRef, str, bytes | Exception]:
+        try:
+            url = join_url(source, image.relative_path)
+            return image, url, read_bytes(url, options)
+        except (ImageError, FileNotFoundError) as exc:
+            return image, "", exc
+
+    with ThreadPoolExecutor(max_workers=READ_AHEAD_THREADS) as pool:
+        yield from pool.map(fetch, images)
+
+
 def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetections | None:
     store = context.result_store if context else None
     if store is None or not store.exists(key):
@@ -288,10 +313,12 @@ def detect_faces(
                 _DEFAULT_MASKING,
                 OutputSettings(max_pixels=max_pixels),
             )
-            for image, key in missing:
+            keys_by_path = {image.relative_path: key for image, key in missing}
+            for image, url, content in _read_ahead(source, [i for i, _ in missing], options):
+                key = keys_by_path[image.relative_path]
                 try:
-                    url = join_url(source, image.relative_path)
-                    content = read_bytes(url, options)  # storage errors: the task retries
+                    if isinstance(content, Exception):
+                        raise content
                     read += 1
                     decoded = anonymizer.decode(content, source=image.relative_path)
                     faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)

@@ -317,10 +317,13 @@ def _process(
             )
             pending.append((found, masked, written, len(shard)))
         for found, masked, written, size in pending:
+            # Upstream first: a failed detection surfaces as its own error, not as a
+            # downstream task that never left Pending.
+            detections = found.result()
+            images_read = masked.result().images_read
             outcome.rows.extend(written.result())
-            outcome.images_read += masked.result().images_read
+            outcome.images_read += images_read
             if not _was_cached(found):
-                detections = found.result()
                 outcome.images_inferred += detections.images_inferred
                 outcome.images_read += detections.images_read
                 if detections.device:

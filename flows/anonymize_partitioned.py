@@ -78,13 +78,13 @@ def run_partition(
 
 
 def _merge(
-    dest: str, count: int, finished: list[int]
+    dest: str, count: int, finished: list[int], options: dict[str, Any]
 ) -> tuple[list[ManifestRow], list[RunSummary]]:
     rows: list[ManifestRow] = []
     summaries: list[RunSummary] = []
     for index in finished:
-        rows.extend(read_manifest(dest, (index, count)).values())
-        content = read_bytes(summary_url(dest, (index, count)))
+        rows.extend(read_manifest(dest, (index, count), options).values())
+        content = read_bytes(summary_url(dest, (index, count)), options)
         summaries.append(RunSummary.model_validate_json(content))
     return rows, summaries
 
