@@ -124,7 +124,8 @@ def _result_storage(dest: str, settings: RunSettings) -> str | None:
             basepath=str(local_path(location))
         )
     else:
-        block = RemoteFileSystem(basepath=location)
+        # Plain options only (an endpoint, a profile): secrets stay with the credential chain.
+        block = RemoteFileSystem(basepath=location, settings=dict(settings.storage_options))
     block.save(name, overwrite=True)
     return f"{block.get_block_type_slug()}/{name}"
 

@@ -245,3 +245,32 @@ def test_endpoint_outage_fails_clearly_and_a_rerun_finishes(
     for index in range(10):
         name = f"img{index:02d}.png"
         assert s3.cat(f"{BUCKET}/anon/{name}") == s3.cat(f"{BUCKET}/clean/{name}")
+
+
+def test_result_storage_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
+    put_dataset(s3, astronaut_rgb)
+    options = {"endpoint_url": s3_endpoint}
+    cache = f"s3://{BUCKET}/cache/anon"
+    first = run_flow(
+        f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options, result_storage=cache
+    )
+    assert first.images_inferred == 5
+    s3.invalidate_cache()
+    stored = s3.find(f"{BUCKET}/cache/anon")
+    assert any("anon-detect-shard-" in key for key in stored)
+    assert sum("anon-detect-" in key for key in stored) >= 5
+    from anon_tasks.flows import anonymize_dataset
+
+    again = anonymize_dataset(
+        f"s3://{BUCKET}/raw",
+        f"s3://{BUCKET}/anon",
+        DetectionSettings(device="cpu", threshold=0.2),  # new threshold: masks again, no model
+        run=RunSettings(
+            shard_size=2,
+            caption_note="faces are blurred",
+            storage_options=options,
+            result_storage=cache,
+        ),
+    )
+    assert again.images_inferred == 0
+    assert again.images_written == 5
