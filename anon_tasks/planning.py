@@ -12,7 +12,33 @@ from collections.abc import Callable, Iterable, Mapping
 from anon_tasks.manifest import unchanged_row
 from anon_tasks.records import ImageRef, ImageStatus, ManifestRow
 
-__all__ = ["up_to_date_rows"]
+__all__ = ["is_up_to_date", "up_to_date_rows"]
+
+
+def is_up_to_date(
+    image: ImageRef,
+    prior: ManifestRow | None,
+    key: str,
+    fingerprint_of: Callable[[str], str | None],
+) -> bool:
+    """Whether ``image``'s output in dest is already what a run with render ``key`` would write.
+
+    Args:
+        image: The source image.
+        prior: Its row in the previous manifest, if any.
+        key: The render key this run would give it.
+        fingerprint_of: The current fingerprint of a file in dest by relative path (None when
+            it is missing).
+    """
+    return (
+        prior is not None
+        and prior.status in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED)
+        and prior.render_key == key
+        and prior.output is not None
+        and prior.output_fingerprint is not None
+        and fingerprint_of(prior.output) == prior.output_fingerprint
+        and all(fingerprint_of(sidecar.relative_path) is not None for sidecar in image.sidecars)
+    )
 
 
 def up_to_date_rows(
@@ -29,20 +55,10 @@ def up_to_date_rows(
         output_fingerprints: Fingerprints of the files now in dest, by relative path.
         key_for: The render key this run would give an image.
     """
-    rows: dict[str, ManifestRow] = {}
-    for image in images:
-        prior = previous.get(image.relative_path)
-        if (
-            prior is not None
-            and prior.status in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED)
-            and prior.output is not None
-            and prior.output_fingerprint is not None
-            and output_fingerprints.get(prior.output) == prior.output_fingerprint
-            and all(
-                output_fingerprints.get(sidecar.relative_path) is not None
-                for sidecar in image.sidecars
-            )
-            and prior.render_key == key_for(image)
-        ):
-            rows[image.relative_path] = unchanged_row(prior)
-    return rows
+    return {
+        image.relative_path: unchanged_row(previous[image.relative_path])
+        for image in images
+        if is_up_to_date(
+            image, previous.get(image.relative_path), key_for(image), output_fingerprints.get
+        )
+    }

@@ -36,6 +36,7 @@ from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ImageError
 from anon_tasks.manifest import STAGING_DIR, unchanged_row
 from anon_tasks.model import load_model_file
+from anon_tasks.planning import is_up_to_date
 from anon_tasks.records import (
     ImageDetections,
     ImageRef,
@@ -336,9 +337,7 @@ def detect_faces(
                 except FileNotFoundError:  # removed since it was listed
                     logger.warning("%s vanished before it could be read", image.relative_path)
                     result = ImageDetections(
-                        image=image,
-                        score_floor=SCORE_FLOOR,
-                        error=f"{image.relative_path}: removed from the source during the run",
+                        image=image, score_floor=SCORE_FLOOR, error=_vanished(image)
                     )
                 if store is not None:
                     store.write(obj=result, key=key)
@@ -356,15 +355,8 @@ def detect_faces(
     )
 
 
-def _is_unchanged(
-    previous: ManifestRow | None, key: str, dest: str, options: Mapping[str, Any]
-) -> bool:
-    if previous is None or previous.render_key != key or previous.output is None:
-        return False
-    if previous.status not in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED):
-        return False
-    current = file_fingerprint(join_url(dest, previous.output), options)
-    return current is not None and current == previous.output_fingerprint
+def _vanished(image: ImageRef) -> str:
+    return f"{image.relative_path}: removed from the source during the run"
 
 
 def _sidecars(
@@ -441,7 +433,9 @@ def mask_faces(
             masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=found.error))
             continue
         prior = previous.get(image.relative_path)
-        if _is_unchanged(prior, key, dest, options):
+        if is_up_to_date(
+            image, prior, key, lambda relative: file_fingerprint(join_url(dest, relative), options)
+        ):
             masked.append(
                 MaskedImage(
                     image=image,
@@ -466,7 +460,7 @@ def mask_faces(
             masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=str(exc)))
             continue
         except FileNotFoundError:
-            error = f"{image.relative_path}: removed from the source during the run"
+            error = _vanished(image)
             masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=error))
             continue
         masked.append(

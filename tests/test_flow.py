@@ -240,3 +240,22 @@ def test_ui_form_schema_has_the_method_dropdown_and_descriptions() -> None:
     threshold = definitions["DetectionSettings"]["properties"]["threshold"]
     assert threshold["minimum"] == 0.0
     assert threshold["maximum"] == 1.0
+
+
+def test_tasks_in_a_users_flow_and_a_file_removed_after_listing(dataset, tmp_path) -> None:
+    from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
+
+    @flow
+    def my_flow(source: str, dest: str) -> list[ManifestRow]:
+        images = list_images(source)
+        (Path(source) / "coffee.jpg").unlink()  # gone between listing and reading
+        found = detect_faces(images, source, CPU)
+        masked = mask_faces(found, source, dest, CPU)
+        return write_images(masked, dest, CPU)
+
+    rows = {row.source: row for row in my_flow(str(dataset), str(tmp_path / "out"))}
+    assert len(rows) == 7
+    assert rows["coffee.jpg"].status == "failed"
+    assert "removed from the source" in rows["coffee.jpg"].error
+    assert rows["astronaut.png"].status == "written"
+    assert (tmp_path / "out" / "astronaut.png").exists()
