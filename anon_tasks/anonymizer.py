@@ -76,8 +76,8 @@ class Anonymizer:
         floor = self.detection.threshold if score_floor is None else score_floor
         faces: list[Face] = []
         for index, frame in enumerate(image.frames):
-            found = self.detector.detect(
-                to_detector_rgb(frame), score_floor=min(floor, SCORE_FLOOR)
+            found = self.detector.detect_quality(
+                to_detector_rgb(frame), self.detection.quality, score_floor=min(floor, SCORE_FLOOR)
             )
             faces.extend(found.above(floor).to_faces(frame=index))
         return tuple(faces)

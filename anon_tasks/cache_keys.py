@@ -24,12 +24,19 @@ def _digest(kind: str, payload: object) -> str:
 
 
 def detection_key(
-    image: ImageRef, *, source: str, model_sha256: str, score_floor: float, max_pixels: int
+    image: ImageRef,
+    *,
+    source: str,
+    model_sha256: str,
+    score_floor: float,
+    max_pixels: int,
+    quality: str = "balanced",
 ) -> str:
     """Key of one image's stored detections."""
     return _digest(
         "detect",
         {
+            "quality": quality,
             "source": source,
             "image": [image.relative_path, image.fingerprint],
             "model": model_sha256,
@@ -47,11 +54,13 @@ def shard_detection_key(
     model_sha256: str,
     score_floor: float,
     max_pixels: int,
+    quality: str = "balanced",
 ) -> str:
     """Key of a whole shard's detections: one cache lookup when nothing in it changed."""
     return _digest(
         "detect-shard",
         {
+            "quality": quality,
             "source": source,
             "images": [[image.relative_path, image.fingerprint] for image in images],
             "model": model_sha256,

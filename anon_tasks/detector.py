@@ -22,7 +22,7 @@ from anon_tasks.detections import Face
 from anon_tasks.errors import ImageError
 from anon_tasks.model import load_model_file
 from anon_tasks.runtime import DeviceSpec, InferenceSession, get_session
-from anon_tasks.settings import DetectionSettings
+from anon_tasks.settings import DetectionSettings, Quality
 
 __all__ = ["SCORE_FLOOR", "CenterFaceDetector", "FaceArrays", "nms_xyxy"]
 
@@ -145,6 +145,67 @@ def decode_outputs(
     return FaceArrays(xyxy[keep], scores[keep], points[keep])
 
 
+#: Above this many pixels, balanced mode tiles instead of running one giant inference.
+BALANCED_PIXEL_BUDGET = 40_000_000
+#: Longest side fast mode runs the model on.
+FAST_MAX_SIDE = 1024
+#: Tile side and overlap in pixels of the (resized) network input.
+TILE_SIDE_PX = 1024
+TILE_OVERLAP_PX = 128
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+def _rescale(found: FaceArrays, scale_x: float, scale_y: float) -> FaceArrays:
+    if len(found) == 0:
+        return found
+    factor = np.array([scale_x, scale_y], np.float32)
+    return FaceArrays(
+        xyxy=(found.xyxy.reshape(-1, 2, 2) / factor).reshape(-1, 4),
+        scores=found.scores,
+        landmarks_xy=found.landmarks_xy / factor,
+    )
+
+
+def _shift(found: FaceArrays, dx: int, dy: int) -> FaceArrays:
+    if len(found) == 0:
+        return found
+    offset = np.array([dx, dy], np.float32)
+    return FaceArrays(
+        xyxy=(found.xyxy.reshape(-1, 2, 2) + offset).reshape(-1, 4),
+        scores=found.scores,
+        landmarks_xy=found.landmarks_xy + offset,
+    )
+
+
+def _mirror(found: FaceArrays, width: int) -> FaceArrays:
+    if len(found) == 0:
+        return found
+    xyxy = found.xyxy.copy()
+    xyxy[:, 0], xyxy[:, 2] = width - found.xyxy[:, 2], width - found.xyxy[:, 0]
+    points = found.landmarks_xy.copy()
+    points[..., 0] = width - points[..., 0]
+    return FaceArrays(xyxy=xyxy, scores=found.scores, landmarks_xy=points[:, [1, 0, 2, 4, 3]])
+
+
+def merge_detections(parts: list[FaceArrays]) -> FaceArrays:
+    """One set of faces from several passes: concatenated, then suppressed as one."""
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return FaceArrays.empty()
+    xyxy = np.concatenate([part.xyxy for part in parts])
+    scores = np.concatenate([part.scores for part in parts])
+    points = np.concatenate([part.landmarks_xy for part in parts])
+    keep = nms_xyxy(xyxy, scores)
+    return FaceArrays(xyxy[keep], scores[keep], points[keep])
+
+
 class CenterFaceDetector:
     """Finds faces in upright RGB images with CenterFace on ONNX Runtime.
 
@@ -221,6 +282,63 @@ class CenterFaceDetector:
                 )
             results.append(found)
         return results
+
+    def detect_quality(
+        self, rgb: np.ndarray, quality: Quality, *, score_floor: float = SCORE_FLOOR
+    ) -> FaceArrays:
+        """Faces above ``score_floor`` with the passes a quality setting asks for, merged.
+
+        ``balanced`` is exactly :meth:`detect` for images under ``BALANCED_PIXEL_BUDGET``, and
+        overlapping tiles above it. ``fast`` runs on the image scaled to at most ``FAST_MAX_SIDE``
+        per side. ``thorough`` adds a half-size pass (faces too large for the receptive field),
+        2x-upscaled overlapping tiles (faces of a few pixels) and a mirrored pass.
+        """
+        height, width = rgb.shape[:2]
+        if quality is Quality.FAST:
+            scale = min(1.0, FAST_MAX_SIDE / max(height, width))
+            return self._detect_scaled(rgb, scale, score_floor)
+        full = (
+            self.detect(rgb, score_floor=score_floor)
+            if height * width <= BALANCED_PIXEL_BUDGET
+            else self._detect_tiles(rgb, 1.0, score_floor)
+        )
+        if quality is Quality.BALANCED:
+            return full
+        parts = [full, self._detect_tiles(rgb, 2.0, score_floor)]
+        if min(height, width) >= 2 * _SIDE_MULTIPLE * 2:
+            parts.append(self._detect_scaled(rgb, 0.5, score_floor))
+        if height * width <= BALANCED_PIXEL_BUDGET:
+            parts.append(
+                _mirror(
+                    self.detect(np.ascontiguousarray(rgb[:, ::-1]), score_floor=score_floor), width
+                )
+            )
+        return merge_detections(parts)
+
+    def _detect_scaled(self, rgb: np.ndarray, scale: float, score_floor: float) -> FaceArrays:
+        if scale == 1.0:
+            return self.detect(rgb, score_floor=score_floor)
+        height, width = rgb.shape[:2]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = cv2.resize(
+            rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        )
+        return _rescale(
+            self.detect(resized, score_floor=score_floor), size[0] / width, size[1] / height
+        )
+
+    def _detect_tiles(self, rgb: np.ndarray, scale: float, score_floor: float) -> FaceArrays:
+        """Overlapping tiles, each resized by ``scale``; memory bounded by the tile size."""
+        height, width = rgb.shape[:2]
+        tile = max(_SIDE_MULTIPLE, int(TILE_SIDE_PX / scale))
+        overlap = int(TILE_OVERLAP_PX / scale)
+        parts = []
+        for y in _tile_starts(height, tile, overlap):
+            for x in _tile_starts(width, tile, overlap):
+                crop = np.ascontiguousarray(rgb[y : y + tile, x : x + tile])
+                found = self._detect_scaled(crop, scale, score_floor)
+                parts.append(_shift(found, x, y))
+        return merge_detections(parts)
 
     def detect_faces(
         self, rgb: np.ndarray, *, threshold: float | None = None, frame: int = 0

@@ -26,6 +26,7 @@ __all__ = [
     "DetectionSettings",
     "MaskSettings",
     "OutputSettings",
+    "Quality",
     "RunSettings",
     "build_settings",
 ]
@@ -43,6 +44,14 @@ class AnonymizeMethod(StrEnum):
     NONE = "none"
 
 
+class Quality(StrEnum):
+    """How hard the detector looks: speed against missed faces."""
+
+    FAST = "fast"
+    BALANCED = "balanced"
+    THOROUGH = "thorough"
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
@@ -56,6 +65,13 @@ class DetectionSettings(_Settings):
         le=1.0,
         description="Detection score threshold, 0 to 1: a face counts when its score is above it. "
         "Lower finds more faces (and more false alarms).",
+    )
+    quality: Quality = Field(
+        default=Quality.BALANCED,
+        description="balanced: full resolution, as the reference runs the model (huge images "
+        "are tiled). fast: inference on at most 1024 px per side (misses small faces). "
+        "thorough: adds a half-size pass, 2x upscaled tiles and a mirrored pass, merged: finds "
+        "many more small faces, several times slower.",
     )
     model_path: str | None = Field(
         default=None,

@@ -205,6 +205,7 @@ def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
         model_sha256=load_model_file(detection.model_path).sha256,
         score_floor=SCORE_FLOOR,
         max_pixels=parameters.get("max_pixels") or _DEFAULT_OUTPUT.max_pixels,
+        quality=detection.quality.value,
     )
 
 
@@ -290,6 +291,7 @@ def detect_faces(
             model_sha256=model_sha,
             score_floor=SCORE_FLOOR,
             max_pixels=max_pixels,
+            quality=detection.quality.value,
         )
         for image in images
     ]
