@@ -153,3 +153,57 @@ def test_batch_gives_the_boxes_of_single_images(detector, astronaut_rgb) -> None
         np.testing.assert_allclose(found.scores, alone.scores, atol=1e-5)
     with pytest.raises(ValueError, match="one size"):
         detector.detect_batch([images[0], images[0][:100]])
+
+
+def test_balanced_quality_is_the_reference_pass_under_the_budget(detector, astronaut_rgb) -> None:
+    from anon_tasks.settings import Quality
+
+    plain = detector.detect(astronaut_rgb, score_floor=0.05)
+    balanced = detector.detect_quality(astronaut_rgb, Quality.BALANCED, score_floor=0.05)
+    np.testing.assert_array_equal(balanced.xyxy, plain.xyxy)
+    np.testing.assert_array_equal(balanced.scores, plain.scores)
+
+
+def test_thorough_finds_what_balanced_finds_and_small_faces_too(detector, astronaut_rgb) -> None:
+    """A crowd of small astronauts: 2x tiles find faces the single pass misses."""
+    import cv2
+
+    from anon_tasks.settings import Quality
+
+    small = cv2.resize(astronaut_rgb, (64, 64), interpolation=cv2.INTER_AREA)
+    crowd = np.ascontiguousarray(np.tile(small, (6, 10, 1)))  # 60 faces of about 12 px
+    balanced = detector.detect_quality(crowd, Quality.BALANCED, score_floor=THRESHOLD)
+    thorough = detector.detect_quality(crowd, Quality.THOROUGH, score_floor=THRESHOLD)
+    assert len(thorough) > len(balanced) + 10
+    for box in balanced.xyxy:  # nothing balanced found is lost by the merge
+        overlap = np.minimum(box[2:], thorough.xyxy[:, 2:]) - np.maximum(
+            box[:2], thorough.xyxy[:, :2]
+        )
+        assert (overlap.clip(0).prod(axis=1) > 0).any()
+
+
+def test_tiles_find_a_face_cut_by_a_tile_border(detector, astronaut_rgb, monkeypatch) -> None:
+    from anon_tasks import detector as detector_module
+    from anon_tasks.settings import Quality
+
+    # Force tiling at 1x: the astronaut's face (x 181-270) straddles the border at x=224.
+    monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 10_000)
+    monkeypatch.setattr(detector_module, "TILE_SIDE_PX", 256)
+    monkeypatch.setattr(detector_module, "TILE_OVERLAP_PX", 128)
+    tiled = detector.detect_quality(astronaut_rgb, Quality.BALANCED, score_floor=THRESHOLD)
+    whole = detector.detect(astronaut_rgb, score_floor=THRESHOLD)
+    best = tiled.xyxy[np.argmax(tiled.scores)]
+    np.testing.assert_allclose(best, whole.xyxy[0], atol=12)
+
+
+def test_fast_quality_bounds_the_inference_size(detector, astronaut_rgb) -> None:
+    import cv2
+
+    from anon_tasks.settings import Quality
+
+    big = cv2.resize(astronaut_rgb, (2048, 2048))
+    before = detector.inference_count
+    found = detector.detect_quality(big, Quality.FAST, score_floor=THRESHOLD)
+    assert detector.inference_count == before + 1
+    assert len(found) == 1
+    assert found.xyxy[0][2] > 1000  # boxes come back in the original image's pixels
