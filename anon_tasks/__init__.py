@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "decode_image": "anon_tasks.codec",
     "encode_image": "anon_tasks.codec",
     "RunSettings": "anon_tasks.settings",
+    "Quality": "anon_tasks.settings",
     "ImageRef": "anon_tasks.records",
     "ManifestRow": "anon_tasks.records",
     "RunSummary": "anon_tasks.records",
@@ -61,6 +62,7 @@ __all__ = [
     "ModelError",
     "OutputSettings",
     "ProviderError",
+    "Quality",
     "RunSettings",
     "RunSummary",
     "UnsupportedImageError",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
         DetectionSettings,
         MaskSettings,
         OutputSettings,
+        Quality,
         RunSettings,
     )
     from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images

@@ -24,6 +24,7 @@ from anon_tasks.settings import (
     DetectionSettings,
     MaskSettings,
     OutputSettings,
+    Quality,
     RunSettings,
     build_settings,
 )
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how faces are hidden (default: blur)",
     )
     parser.add_argument("--threshold", type=float, default=0.4, help="detection score threshold")
+    parser.add_argument(
+        "--quality",
+        choices=[q.value for q in Quality],
+        default=Quality.BALANCED.value,
+        help="fast, balanced (default) or thorough (finds many more small faces, ~8x slower)",
+    )
     parser.add_argument("--mask-scale", type=float, default=1.0, help="scale of each face box")
     parser.add_argument("--no-ellipse", action="store_true", help="blur the whole box")
     parser.add_argument("--mosaic-size", type=int, default=20, help="mosaic block edge in px")
@@ -86,7 +93,9 @@ def settings_from_args(
 ) -> tuple[DetectionSettings, MaskSettings, OutputSettings, RunSettings]:
     """The flow's parameter models from the command line; bad values name their field."""
     return (
-        build_settings(DetectionSettings, threshold=args.threshold, device=args.device),
+        build_settings(
+            DetectionSettings, threshold=args.threshold, device=args.device, quality=args.quality
+        ),
         build_settings(
             MaskSettings,
             method=args.method,

@@ -519,6 +519,7 @@ def write_images(
     staging = join_url(dest, STAGING_DIR) if is_local(dest) else None
     parameters = {
         "threshold": detection.threshold,
+        "quality": detection.quality.value,
         **masking.model_dump(mode="json"),
         "model_path": detection.model_path,
     }

@@ -177,6 +177,24 @@ def run_flow(
     return work / "wider" / "_anonymize" / "manifest.jsonl", seconds, nothing.faces_found
 
 
+def reference_bgr_detections(
+    root: Path, truth: dict[str, GroundTruth], threshold: float
+) -> dict[str, np.ndarray]:
+    """Detections of the default pass on BGR pixels, for comparison with the given reference."""
+    import cv2
+
+    from anon_tasks.detector import CenterFaceDetector
+    from anon_tasks.settings import DetectionSettings
+
+    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    return {
+        name: detector.detect(
+            cv2.imread(str(root / "images" / name), cv2.IMREAD_COLOR), score_floor=threshold
+        ).xyxy.astype(float)
+        for name in truth
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quality", default="balanced", choices=["fast", "balanced", "thorough"])
@@ -184,6 +202,12 @@ def main() -> None:
     parser.add_argument("--mask-scale", type=float, default=1.0)
     parser.add_argument("--manifest", type=Path, help="score this manifest instead of running")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--reference-bgr",
+        action="store_true",
+        help="score the model fed BGR images (cv2.imread straight in), as the given reference "
+        "figures were made, instead of running the flow",
+    )
     args = parser.parse_args()
     from PIL import Image
 
@@ -195,19 +219,22 @@ def main() -> None:
             sizes[name] = (image.height, image.width)
     seconds, no_face_count = None, None
     manifest = args.manifest
-    if manifest is None:
+    if args.reference_bgr:
+        detections = reference_bgr_detections(root, truth, args.threshold)
+    elif manifest is None:
         manifest, seconds, no_face_count = run_flow(
             root / "images", args.quality, args.threshold, args.data / "no-faces"
         )
-    detections = {}
-    for line in manifest.read_text().splitlines():
-        row = json.loads(line)
-        boxes = [face["box"] for face in row["faces"] if face["score"] > args.threshold]
-        detections[row["source"]] = np.array(boxes, float).reshape(-1, 4)
+    if not args.reference_bgr:
+        detections = {}
+        for line in manifest.read_text().splitlines():
+            row = json.loads(line)
+            boxes = [face["box"] for face in row["faces"] if face["score"] > args.threshold]
+            detections[row["source"]] = np.array(boxes, float).reshape(-1, 4)
     result = score(truth, detections, sizes, args.mask_scale)
     result.update(
         {
-            "quality": args.quality,
+            "quality": "reference (BGR input)" if args.reference_bgr else args.quality,
             "threshold": args.threshold,
             "mask_scale": args.mask_scale,
             "flow_seconds": None if seconds is None else round(seconds, 1),
