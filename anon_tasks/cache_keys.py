@@ -23,6 +23,20 @@ def _digest(kind: str, payload: object) -> str:
     return f"anon-{kind}-" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _detection_context(
+    source: str, model_sha256: str, score_floor: float, max_pixels: int, quality: str
+) -> dict[str, object]:
+    """Everything besides the images themselves that determines stored detections."""
+    return {
+        "quality": quality,
+        "source": source,
+        "model": model_sha256,
+        "floor": score_floor,
+        "max_pixels": max_pixels,
+        "version": __version__,
+    }
+
+
 def detection_key(
     image: ImageRef,
     *,
@@ -33,18 +47,8 @@ def detection_key(
     quality: str = "balanced",
 ) -> str:
     """Key of one image's stored detections."""
-    return _digest(
-        "detect",
-        {
-            "quality": quality,
-            "source": source,
-            "image": [image.relative_path, image.fingerprint],
-            "model": model_sha256,
-            "floor": score_floor,
-            "max_pixels": max_pixels,
-            "version": __version__,
-        },
-    )
+    context = _detection_context(source, model_sha256, score_floor, max_pixels, quality)
+    return _digest("detect", {**context, "image": [image.relative_path, image.fingerprint]})
 
 
 def shard_detection_key(
@@ -57,18 +61,9 @@ def shard_detection_key(
     quality: str = "balanced",
 ) -> str:
     """Key of a whole shard's detections: one cache lookup when nothing in it changed."""
-    return _digest(
-        "detect-shard",
-        {
-            "quality": quality,
-            "source": source,
-            "images": [[image.relative_path, image.fingerprint] for image in images],
-            "model": model_sha256,
-            "floor": score_floor,
-            "max_pixels": max_pixels,
-            "version": __version__,
-        },
-    )
+    context = _detection_context(source, model_sha256, score_floor, max_pixels, quality)
+    listed = [[image.relative_path, image.fingerprint] for image in images]
+    return _digest("detect-shard", {**context, "images": listed})
 
 
 def render_key(
