@@ -30,7 +30,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "file_fingerprints",
     "is_image_name",
-    "iter_image_paths",
     "list_dataset",
 ]
 
@@ -180,9 +179,3 @@ def file_fingerprints(
     else:
         walk = _walk_remote(root_url, skip_dir, options)
     return {relative: fingerprint for relative, _size, fingerprint in walk}
-
-
-def iter_image_paths(root_url: str) -> Iterator[str]:
-    """Relative POSIX paths of the images under ``root_url``, in path order."""
-    for image in list_dataset(root_url):
-        yield image.relative_path

@@ -172,8 +172,6 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = _ORT_ERROR
-    if os.environ.get("ANON_TASKS_ORT_SPIN", "1") == "0":
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -71,7 +72,7 @@ from anon_tasks.tasks import (
     write_images,
 )
 
-__all__ = ["DATASET_EVENT", "anonymize_dataset", "check_paths", "finish_state"]
+__all__ = ["DATASET_EVENT", "announce_dataset", "anonymize_dataset", "check_paths", "finish_state"]
 
 #: Event emitted when a dataset is done; its resource id is ``anon-tasks.dataset.<dest>``.
 DATASET_EVENT = "anon-tasks.dataset.anonymized"
@@ -213,8 +214,8 @@ def _plan(
     output: OutputSettings,
     run: RunSettings,
     model_sha: str,
+    options: dict[str, Any],
 ) -> _Plan:
-    options = storage_options_for(run.storage_options, run.credentials_block)
     if is_local(dest):
         remove_stale_staging_files(join_url(dest, STAGING_DIR))
     images = list_images(source, run.storage_options, run.credentials_block)
@@ -339,28 +340,31 @@ def _publish(
     detection: DetectionSettings,
     masking: MaskSettings,
     model_sha: str,
-    run: RunSettings,
+    partition: tuple[int, int] | None,
+    options: dict[str, Any],
 ) -> None:
     """Summary file, UI artifacts and the completion event."""
-    partition = run.partition
     write_bytes_atomic(
-        summary_url(summary.dest, partition),
-        summary.model_dump_json(indent=2).encode(),
-        storage_options_for(run.storage_options, run.credentials_block),
+        summary_url(summary.dest, partition), summary.model_dump_json(indent=2).encode(), options
     )
     create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
     create_markdown_artifact(
         markdown=_report(summary, detection, masking, model_sha), description="Run report"
     )
     if partition is None:  # the parent of a partitioned run announces the whole dataset
-        emit_event(
-            event=DATASET_EVENT,
-            resource={
-                "prefect.resource.id": f"anon-tasks.dataset.{summary.dest}",
-                "anon-tasks.dest": summary.dest,
-            },
-            payload=summary.model_dump(mode="json", exclude={"failed_images"}),
-        )
+        announce_dataset(summary)
+
+
+def announce_dataset(summary: RunSummary) -> None:
+    """Emit DATASET_EVENT for ``summary.dest``, so automations can start the next step."""
+    emit_event(
+        event=DATASET_EVENT,
+        resource={
+            "prefect.resource.id": f"anon-tasks.dataset.{summary.dest}",
+            "anon-tasks.dest": summary.dest,
+        },
+        payload=summary.model_dump(mode="json", exclude={"failed_images"}),
+    )
 
 
 def finish_state(summary: RunSummary, allow_failures: bool) -> State:
@@ -405,7 +409,8 @@ def anonymize_dataset(
     started = time.perf_counter()
     check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
     model_sha = load_model_file(detection.model_path).sha256
-    plan = _plan(source, dest, detection, masking, output, run, model_sha)
+    options = storage_options_for(run.storage_options, run.credentials_block)
+    plan = _plan(source, dest, detection, masking, output, run, model_sha, options)
     logger.info(
         "%d image(s)%s in %d shard(s): %d up to date, %d shard(s) to process",
         len(plan.images),
@@ -415,12 +420,7 @@ def anonymize_dataset(
         len(plan.todo),
     )
     outcome = _process(plan, source, dest, detection, masking, output, run)
-    manifest = write_manifest(
-        dest,
-        outcome.rows,
-        run.partition,
-        storage_options_for(run.storage_options, run.credentials_block),
-    )
+    manifest = write_manifest(dest, outcome.rows, run.partition, options)
     rows = outcome.rows
     summary = RunSummary(
         source=source,
@@ -439,7 +439,7 @@ def anonymize_dataset(
         devices=tuple(sorted(outcome.devices)),
         partition=f"{run.partition_index}/{run.partition_count}" if run.partition else None,
     )
-    _publish(summary, detection, masking, model_sha, run)
+    _publish(summary, detection, masking, model_sha, run.partition, options)
     logger.info(
         "%d written, %d unchanged, %d failed, %d faces; model ran on %d image(s)%s",
         summary.images_written,

@@ -16,12 +16,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
-from prefect.events import emit_event
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from anon_tasks.errors import AnonTasksError
-from anon_tasks.flows.anonymize_dataset import DATASET_EVENT, check_paths, finish_state
+from anon_tasks.flows.anonymize_dataset import announce_dataset, check_paths, finish_state
 from anon_tasks.manifest import read_manifest, summary_url, write_manifest
 from anon_tasks.records import ManifestRow, RunSummary
 from anon_tasks.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
@@ -185,11 +184,7 @@ def anonymize_partitioned(
         manifest=manifest,
         devices=tuple(sorted({device for s in summaries for device in s.devices})),
     )
-    emit_event(
-        event=DATASET_EVENT,
-        resource={"prefect.resource.id": f"anon-tasks.dataset.{dest}", "anon-tasks.dest": dest},
-        payload=summary.model_dump(mode="json", exclude={"failed_images"}),
-    )
+    announce_dataset(summary)
     logger.info(
         "%d partition(s) merged: %d written, %d unchanged, %d failed; devices %s",
         len(finished),
