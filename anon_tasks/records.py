@@ -85,6 +85,10 @@ class ManifestFace(_Record):
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in upright pixels.")
     score: float
     frame: int = 0
+    landmarks: tuple[tuple[float, float], ...] = Field(
+        default=(),
+        description="Five (x, y) landmarks: right eye, left eye, nose, mouth right, mouth left.",
+    )
 
 
 class ManifestRow(_Record):

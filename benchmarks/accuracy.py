@@ -80,28 +80,13 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def drawn_mask(shape_hw: tuple[int, int], boxes: np.ndarray, scale: float, ellipse: bool):
-    """The pixels the mask covers, drawn as anon_tasks.masking draws it."""
-    from anon_tasks.masking import clip_box_px, scaled_box
+def drawn_mask(shape_hw: tuple[int, int], faces: list, scale: float, ellipse: bool) -> np.ndarray:
+    """The pixels the blur mask replaces, exactly as anon_tasks.masking draws it."""
+    from anon_tasks.masking import masked_pixels
+    from anon_tasks.settings import MaskSettings
 
-    height, width = shape_hw
-    covered = np.zeros((height, width), bool)
-    for box in boxes:
-        bx1, by1, bx2, by2 = scaled_box(tuple(box), scale)
-        bounds = clip_box_px((bx1, by1, bx2, by2), width, height)
-        if bounds is None:
-            continue
-        x1, y1, x2, y2 = bounds
-        if not ellipse or min(bx2 - bx1, by2 - by1) < 3:
-            covered[y1:y2, x1:x2] = True
-            continue
-        ys, xs = np.ogrid[y1:y2, x1:x2]
-        semi_x, semi_y = (bx2 - bx1) / 2, (by2 - by1) / 2
-        inside = ((xs + 0.5 - bx1 - semi_x) / semi_x) ** 2 + (
-            (ys + 0.5 - by1 - semi_y) / semi_y
-        ) ** 2 <= 1
-        covered[y1:y2, x1:x2] |= inside
-    return covered
+    settings = MaskSettings(mask_scale=scale, ellipse=ellipse)
+    return masked_pixels(shape_hw[0], shape_hw[1], faces, settings)
 
 
 def coverage(covered: np.ndarray, box: np.ndarray) -> float:
@@ -115,7 +100,7 @@ def coverage(covered: np.ndarray, box: np.ndarray) -> float:
 
 def score(
     truth: dict[str, GroundTruth],
-    detections: dict[str, np.ndarray],
+    detections: dict[str, list],
     sizes: dict[str, tuple[int, int]],
     mask_scale: float,
 ) -> dict[str, object]:
@@ -123,12 +108,13 @@ def score(
     covered_by = {name: {level: [0, 0] for level in LEVELS} for name in ("ellipse", "box")}
     stray = total = 0
     for name, gt in truth.items():
-        boxes = detections.get(name, np.zeros((0, 4)))
+        faces = detections.get(name, [])
+        boxes = np.array([face.xyxy for face in faces], float).reshape(-1, 4)
         overlaps = iou_matrix(gt.boxes, boxes)
         matched = (overlaps >= 0.5).any(axis=1) if len(boxes) else np.zeros(len(gt.boxes), bool)
         masks = {
-            "ellipse": drawn_mask(sizes[name], boxes, mask_scale, True),
-            "box": drawn_mask(sizes[name], boxes, mask_scale, False),
+            "ellipse": drawn_mask(sizes[name], faces, mask_scale, True),
+            "box": drawn_mask(sizes[name], faces, mask_scale, False),
         }
         for level in LEVELS:
             for face in gt.levels.get(level, set()) - gt.invalid:
@@ -177,9 +163,28 @@ def run_flow(
     return work / "wider" / "_anonymize" / "manifest.jsonl", seconds, nothing.faces_found
 
 
+def read_manifest_faces(manifest: Path, threshold: float) -> dict[str, list]:
+    """The faces each manifest row reports above ``threshold``, landmarks included."""
+    from anon_tasks.detections import Face
+
+    detections = {}
+    for line in manifest.read_text().splitlines():
+        row = json.loads(line)
+        detections[row["source"]] = [
+            Face(
+                xyxy=face["box"],
+                score=face["score"],
+                landmarks_xy=tuple(tuple(point) for point in face.get("landmarks", ())),
+            )
+            for face in row["faces"]
+            if face["score"] > threshold
+        ]
+    return detections
+
+
 def reference_bgr_detections(
     root: Path, truth: dict[str, GroundTruth], threshold: float
-) -> dict[str, np.ndarray]:
+) -> dict[str, list]:
     """Detections of the default pass on BGR pixels, for comparison with the given reference."""
     import cv2
 
@@ -188,9 +193,11 @@ def reference_bgr_detections(
 
     detector = CenterFaceDetector(DetectionSettings(device="cpu"))
     return {
-        name: detector.detect(
-            cv2.imread(str(root / "images" / name), cv2.IMREAD_COLOR), score_floor=threshold
-        ).xyxy.astype(float)
+        name: list(
+            detector.detect(
+                cv2.imread(str(root / "images" / name), cv2.IMREAD_COLOR), score_floor=threshold
+            ).to_faces()
+        )
         for name in truth
     }
 
@@ -226,11 +233,7 @@ def main() -> None:
             root / "images", args.quality, args.threshold, args.data / "no-faces"
         )
     if not args.reference_bgr:
-        detections = {}
-        for line in manifest.read_text().splitlines():
-            row = json.loads(line)
-            boxes = [face["box"] for face in row["faces"] if face["score"] > args.threshold]
-            detections[row["source"]] = np.array(boxes, float).reshape(-1, 4)
+        detections = read_manifest_faces(manifest, args.threshold)
     result = score(truth, detections, sizes, args.mask_scale)
     result.update(
         {

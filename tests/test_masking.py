@@ -14,7 +14,15 @@ import pytest
 
 from anon_tasks.detections import Face
 from anon_tasks.errors import UnsupportedImageError
-from anon_tasks.masking import _MASKERS, clip_box_px, mask_faces, scaled_box
+from anon_tasks.masking import (
+    _MASKERS,
+    ELLIPSE_REACH,
+    clip_box_px,
+    face_roll_rad,
+    mask_faces,
+    masked_pixels,
+    scaled_box,
+)
 from anon_tasks.settings import AnonymizeMethod, MaskSettings
 
 #: The astronaut's face in the 512x512 image (88 x 120 px).
@@ -70,12 +78,14 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _ellipse(shape: tuple[int, ...], box: tuple[float, ...], radius: float = 1.0) -> np.ndarray:
-    """Pixels whose centre lies within ``radius`` of the ellipse inscribed in ``box``."""
+    """Pixels of an upright face's blur ellipse shrunk by ``radius``: the inscribed ellipse
+    grown by ELLIPSE_REACH, cut by the box."""
     x1, y1, x2, y2 = box
     ys, xs = np.ogrid[: shape[0], : shape[1]]
     dx = (xs + 0.5 - (x1 + x2) / 2) / ((x2 - x1) / 2)
     dy = (ys + 0.5 - (y1 + y2) / 2) / ((y2 - y1) / 2)
-    return dx * dx + dy * dy <= radius * radius
+    in_box = (np.abs(dx) <= 1.0) & (np.abs(dy) <= 1.0)
+    return in_box & (dx * dx + dy * dy <= (radius * ELLIPSE_REACH) ** 2)
 
 
 def _outside(shape: tuple[int, ...], bounds: tuple[int, int, int, int]) -> np.ndarray:
@@ -257,6 +267,106 @@ def test_ellipse_keeps_the_box_corners_and_box_mode_replaces_them(astronaut_rgb)
     assert changed_ellipse[centre].mean() > 0.9
     assert _changed(astronaut_rgb, whole_box)[corners].mean() > 0.8
     assert _changed(astronaut_rgb, whole_box)[centre].mean() > 0.9
+
+
+def test_upright_ellipse_covers_most_of_the_box_but_not_its_corners():
+    covered = masked_pixels(512, 512, [_face(FACE_BOX)], _settings())
+    bounds = clip_box_px(FACE_BOX, 512, 512)
+    x1, y1, x2, y2 = bounds
+    share = covered[y1:y2, x1:x2].mean()
+    # The inscribed ellipse would cover pi/4 (78.5 %); grown by the reach and cut by the box,
+    # about 92.5 %.
+    assert 0.90 < share < 0.95
+    assert not covered[_outside(covered.shape, bounds)].any()
+    assert not covered[y1, x1]
+    assert not covered[y2 - 1, x2 - 1]
+
+
+def _rolled_face(box: tuple[float, ...], degrees: float) -> Face:
+    """A face whose eyes lie on a line turned by ``degrees`` (image coordinates, y down)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half = (box[2] - box[0]) / 5
+    ux, uy = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    eyes = ((cx - half * ux, cy - half * uy), (cx + half * ux, cy + half * uy))
+    rest = ((cx, cy + half), (cx - half, cy + 2 * half), (cx + half, cy + 2 * half))
+    return Face(xyxy=box, score=0.9, landmarks_xy=eyes + rest)
+
+
+@pytest.mark.parametrize("degrees", [-30.0, 0.0, 12.5, 30.0, 39.0])
+def test_roll_comes_from_the_eye_line(degrees):
+    assert math.degrees(face_roll_rad(_rolled_face(FACE_BOX, degrees))) == pytest.approx(degrees)
+
+
+@pytest.mark.parametrize("degrees", [60.0, -90.0, 180.0])
+def test_rolls_beyond_the_limit_and_missing_landmarks_keep_the_ellipse_upright(degrees):
+    assert face_roll_rad(_rolled_face(FACE_BOX, degrees)) == 0.0
+    assert face_roll_rad(_face(FACE_BOX)) == 0.0
+    nan_eyes = Face(xyxy=FACE_BOX, score=0.9, landmarks_xy=((math.nan, 1.0), (2.0, 1.0)))
+    assert face_roll_rad(nan_eyes) == 0.0
+
+
+def test_a_tilted_face_is_masked_into_the_corners_its_roll_points_to():
+    # The box of a face 160 px wide and 220 px high turned by 30 degrees.
+    box = (150.0, 100.0, 326.8, 306.8)
+    upright = masked_pixels(512, 512, [_face(box)], _settings())
+    tilted = masked_pixels(512, 512, [_rolled_face(box, 30.0)], _settings())
+    bounds = clip_box_px(box, 512, 512)
+    # Never less than the upright ellipse, never outside the box.
+    assert not (upright & ~tilted).any()
+    assert not tilted[_outside(tilted.shape, bounds)].any()
+    # The eye line runs down to the right, so the face's long axis runs from the top right
+    # corner to the bottom left one: those corners are covered now, the other two are not.
+    x1, y1, x2, y2 = bounds
+    near = 12
+    top_right = tilted[y1 + near, x2 - 1 - near]
+    bottom_left = tilted[y2 - 1 - near, x1 + near]
+    top_left = tilted[y1 + near, x1 + near]
+    assert top_right
+    assert bottom_left
+    assert not top_left
+    assert not upright[y1 + near, x2 - 1 - near]
+    assert tilted.sum() > upright.sum()
+
+
+@pytest.mark.parametrize("method", MASKING_METHODS)
+@pytest.mark.parametrize("ellipse", [True, False])
+def test_masked_pixels_are_exactly_the_pixels_mask_faces_replaces(astronaut_rgb, method, ellipse):
+    faces = [_rolled_face((100.0, 150.0, 220.0, 290.0), 25.0), _face(FACE_BOX)]
+    settings = _settings(method, ellipse=ellipse)
+    covered = masked_pixels(512, 512, faces, settings)
+    # Solid paints black; on a white image every replaced pixel changes.
+    white = np.full_like(astronaut_rgb, 255)
+    solid = mask_faces(white, faces, _settings(AnonymizeMethod.SOLID, ellipse=ellipse))
+    changed = mask_faces(astronaut_rgb, faces, settings)
+    assert not _changed(astronaut_rgb, changed)[~covered].any()
+    if method is AnonymizeMethod.BLUR and ellipse:
+        np.testing.assert_array_equal(
+            covered, masked_pixels(512, 512, faces, _settings(AnonymizeMethod.BLUR))
+        )
+    else:
+        np.testing.assert_array_equal(covered, _changed(white, solid))
+    assert not masked_pixels(512, 512, faces, _settings(AnonymizeMethod.NONE)).any()
+
+
+def test_roll_of_a_real_tilted_face(astronaut_rgb):
+    """The detector's landmarks on the astronaut turned by 25 degrees give its roll."""
+    from anon_tasks.detector import CenterFaceDetector
+    from anon_tasks.settings import DetectionSettings
+
+    centre = ((FACE_BOX[0] + FACE_BOX[2]) / 2, (FACE_BOX[1] + FACE_BOX[3]) / 2)
+    upright_roll = None
+    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    for degrees in (0.0, 25.0):
+        # cv2 turns counter-clockwise on screen, so the eye line turns by -degrees (y down).
+        turn = cv2.getRotationMatrix2D(centre, degrees, 1.0)
+        image = cv2.warpAffine(astronaut_rgb, turn, (512, 512), borderMode=cv2.BORDER_REFLECT)
+        faces = [f for f in detector.detect_faces(image) if f.score >= 0.4]
+        assert len(faces) == 1
+        roll = math.degrees(face_roll_rad(faces[0]))
+        if upright_roll is None:
+            upright_roll = roll
+        else:
+            assert roll - upright_roll == pytest.approx(-degrees, abs=4.0)
 
 
 @pytest.mark.parametrize("method", [AnonymizeMethod.SOLID, AnonymizeMethod.MOSAIC])
