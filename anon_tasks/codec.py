@@ -199,11 +199,11 @@ def color_channel_count(frame: np.ndarray) -> int:
 
 
 def to_detector_rgb(frame: np.ndarray) -> np.ndarray:
-    """Return a new C-contiguous uint8 HxWx3 RGB copy of ``frame`` for the face detector.
+    """Return ``frame`` as C-contiguous uint8 HxWx3 RGB for the face detector.
 
     Gray is replicated to three channels, alpha is dropped (not composited) and 16-bit values
-    are scaled to 8 bits over the full range (``round(x / 257)``); uint8 RGB comes back with
-    exactly the same values.
+    are scaled to 8 bits over the full range (``round(x / 257)``). A frame that already is
+    C-contiguous uint8 RGB comes back as it is (no copy; treat it as read-only).
 
     Raises:
         ValueError: ``frame`` is not one of the four layouts in uint8 or uint16.
@@ -216,7 +216,7 @@ def to_detector_rgb(frame: np.ndarray) -> np.ndarray:
         colour = colour[..., np.newaxis]
     if colour.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(colour, 3, axis=2))
-    return np.array(colour, dtype=np.uint8, order="C", copy=True)
+    return np.ascontiguousarray(colour, dtype=np.uint8)
 
 
 def decode_image(

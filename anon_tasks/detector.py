@@ -12,24 +12,52 @@ visits boxes in descending score order, so boxes below a threshold never suppres
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from anon_tasks.concurrency import available_cores
 from anon_tasks.detections import Face
 from anon_tasks.errors import ImageError
 from anon_tasks.model import load_model_file
-from anon_tasks.runtime import DeviceSpec, InferenceSession, get_session
+from anon_tasks.runtime import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    DeviceSpec,
+    InferenceSession,
+    get_session,
+)
 from anon_tasks.settings import DetectionSettings, Quality
 
-__all__ = ["SCORE_FLOOR", "CenterFaceDetector", "FaceArrays", "nms_xyxy"]
+__all__ = [
+    "SCORE_FLOOR",
+    "CenterFaceDetector",
+    "FaceArrays",
+    "detection_floor",
+    "nms_xyxy",
+    "side_by_side_runs",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Lowest threshold that stored detections can serve without a new inference.
-SCORE_FLOOR = 0.05
+#: Lowest threshold that stored detections can serve without a new inference. At 0.1 an image
+#: of the WIDER dev set keeps about 74 candidates (230 at 0.05, whose suppression and records
+#: cost about 10 % of an inference); a lower threshold is served by a new inference.
+SCORE_FLOOR = 0.1
+
+
+def detection_floor(threshold: float) -> float:
+    """The score down to which detections are kept for a run at ``threshold``: the floor, or
+    the threshold itself when it is lower (so a face above the threshold is never dropped)."""
+    return min(SCORE_FLOOR, threshold)
+
+
 #: IoU at which the reference suppresses the lower-scored of two boxes.
 NMS_IOU = 0.3
 #: The network's output stride and the multiple its input sides must have.
@@ -69,10 +97,12 @@ class FaceArrays:
         return FaceArrays(self.xyxy[keep], self.scores[keep], self.landmarks_xy[keep])
 
     def to_faces(self, *, frame: int = 0) -> tuple[Face, ...]:
+        # Values the detector made itself (finite floats, scores in [0, 1]): built without
+        # re-validation, which would cost more than decoding them (dozens of faces an image).
         return tuple(
-            Face(
-                xyxy=tuple(float(v) for v in box),  # type: ignore[arg-type]
-                score=float(score),
+            Face.model_construct(
+                xyxy=tuple(float(v) for v in box),
+                score=min(1.0, max(0.0, float(score))),
                 landmarks_xy=tuple((float(x), float(y)) for x, y in points),
                 frame=frame,
             )
@@ -145,14 +175,26 @@ def decode_outputs(
     return FaceArrays(xyxy[keep], scores[keep], points[keep])
 
 
-#: Above this many pixels, balanced mode tiles instead of running one giant inference.
+#: Above this many pixels, balanced mode tiles instead of running one giant inference. One
+#: CPU inference holds about 190 MB per megapixel (benchmarks/large_image.py), so an image just
+#: under the budget peaks near 7.5 GB; tiles keep the peak near that of one 1 MP tile.
 BALANCED_PIXEL_BUDGET = 40_000_000
+#: Size of the whole-image pass that goes with tiles, and the most thorough mode's half-size
+#: pass may take: faces larger than the tile overlap, which tiles cut, are found whole in it.
+#: At 4 MP a face of 128 px (the overlap) in a 50 MP photo is still 36 px there.
+OVERVIEW_PIXEL_BUDGET = 4_000_000
 #: Longest side fast mode runs the model on.
 FAST_MAX_SIDE = 1024
 #: Tile side and overlap in pixels of the (resized) network input.
 TILE_SIDE_PX = 1024
 TILE_OVERLAP_PX = 128
 
+
+#: Same-size images per model run on CUDA (see docs/benchmarks.md for the measurement).
+CUDA_BATCH_SIZE = 16
+#: CPU runs above this many input pixels use every core and run alone; smaller ones run side
+#: by side, one single-threaded run per core (one CPU run holds about 190 MB per megapixel).
+PARALLEL_MAX_PIXELS = 2_500_000
 
 #: Score taken off detections of thorough mode's upscaled and mirrored passes.
 EXTRA_PASS_PENALTY = 0.1
@@ -225,6 +267,45 @@ def merge_detections(parts: list[FaceArrays]) -> FaceArrays:
     return FaceArrays(xyxy[keep], scores[keep], points[keep])
 
 
+_thread_state = threading.local()
+
+
+@contextlib.contextmanager
+def side_by_side_runs() -> Iterator[None]:
+    """Mark this thread's model runs as one of several running at once (one per core).
+
+    CPU runs made inside the block are single-threaded, so that threads detecting different
+    images use every core between them; outside it a CPU run uses every core itself.
+
+    Example:
+        >>> with side_by_side_runs():
+        ...     faces = detector.detect(rgb)
+    """
+    before = getattr(_thread_state, "side_by_side", False)
+    _thread_state.side_by_side = True
+    try:
+        yield
+    finally:
+        _thread_state.side_by_side = before
+
+
+def network_batch(images: list[np.ndarray], size_wh: tuple[int, int]) -> np.ndarray:
+    """The model's input: the images resized to the network size, as one uint8 NHWC batch.
+
+    The resize is the reference's (``cv2.dnn.blobFromImage``: bilinear on the uint8 pixels, no
+    crop) and the model converts to float inside its graph, so the network sees exactly the
+    reference's tensor while only a quarter of its bytes are built and copied.
+    """
+    width, height = size_wh
+    batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
+    for index, rgb in enumerate(images):
+        if rgb.shape[:2] == (height, width):
+            batch[index] = rgb
+        else:
+            cv2.resize(rgb, size_wh, dst=batch[index], interpolation=cv2.INTER_LINEAR)
+    return batch
+
+
 class CenterFaceDetector:
     """Finds faces in upright RGB images with CenterFace on ONNX Runtime.
 
@@ -237,13 +318,37 @@ class CenterFaceDetector:
 
     def __init__(self, settings: DetectionSettings | None = None) -> None:
         self.settings = settings or DetectionSettings()
-        model = load_model_file(self.settings.model_path)
+        self._model = load_model_file(self.settings.model_path)
+        # One intra-op thread per run unless asked otherwise: on the CPU, runs of different
+        # images then proceed side by side, one per core (see docs/benchmarks.md).
         self._session: InferenceSession = get_session(
-            model,
+            self._model,
             DeviceSpec.parse(self.settings.device),
-            intra_op_threads=self.settings.intra_op_threads,
+            intra_op_threads=self.settings.intra_op_threads or 1,
         )
         self.inference_count = 0
+
+    @property
+    def concurrent_runs(self) -> int:
+        """Model runs worth making at once from several threads: one per core on the CPU with
+        single-threaded runs (cores / ``intra_op_threads`` otherwise), one on CUDA."""
+        if self._session.provider != CPU_PROVIDER:
+            return 1
+        return max(1, available_cores() // self._session.threads)
+
+    def _session_for(self, pixels: int) -> InferenceSession:
+        """The session for a run of ``pixels`` input pixels.
+
+        On the CPU, a thread inside :func:`side_by_side_runs` gets the single-threaded session
+        (other threads run other images on the other cores) unless the input is larger than
+        ``PARALLEL_MAX_PIXELS``; every other run gets a session on all cores, which runs alone.
+        """
+        session = self._session
+        if not session.runs_concurrently or available_cores() == 1:
+            return session
+        if getattr(_thread_state, "side_by_side", False) and pixels <= PARALLEL_MAX_PIXELS:
+            return session
+        return get_session(self._model, DeviceSpec("cpu"), intra_op_threads=available_cores())
 
     @property
     def model_sha256(self) -> str:
@@ -252,6 +357,12 @@ class CenterFaceDetector:
     @property
     def provider(self) -> str:
         return self._session.provider
+
+    @property
+    def batch_size(self) -> int:
+        """Images per model run worth batching: ``CUDA_BATCH_SIZE`` on CUDA, 1 on the CPU
+        (where a batch runs no faster per image than single images)."""
+        return CUDA_BATCH_SIZE if self._session.provider == CUDA_PROVIDER else 1
 
     def detect(self, rgb: np.ndarray, *, score_floor: float = SCORE_FLOOR) -> FaceArrays:
         """All faces scoring above ``score_floor``, in ``rgb``'s pixel coordinates.
@@ -284,10 +395,8 @@ class CenterFaceDetector:
         if height == 0 or width == 0:
             raise ImageError("image has no pixels")
         net_w, net_h = network_size_wh(width, height)
-        blob = cv2.dnn.blobFromImages(
-            images, scalefactor=1.0, size=(net_w, net_h), mean=(0, 0, 0), swapRB=False, crop=False
-        )
-        outputs = self._session.run(blob)
+        session = self._session_for(net_w * net_h * len(images))
+        outputs = session.run(network_batch(images, (net_w, net_h)))
         self.inference_count += len(images)
         scale_xy = np.array([net_w / width, net_h / height], dtype=np.float32)
         results = []
@@ -308,9 +417,11 @@ class CenterFaceDetector:
         """Faces above ``score_floor`` with the passes a quality setting asks for, merged.
 
         ``balanced`` is exactly :meth:`detect` for images under ``BALANCED_PIXEL_BUDGET``, and
-        overlapping tiles above it. ``fast`` runs on the image scaled to at most ``FAST_MAX_SIDE``
-        per side. ``thorough`` adds a half-size pass (faces too large for the receptive field),
-        2x-upscaled overlapping tiles (faces of a few pixels) and a mirrored pass.
+        above it overlapping tiles (small faces) with a whole-image pass scaled down to
+        ``OVERVIEW_PIXEL_BUDGET`` (faces larger than the tiles' overlap). ``fast`` runs on the
+        image scaled to at most ``FAST_MAX_SIDE`` per side. ``thorough`` adds a half-size pass
+        (faces too large for the receptive field), 2x-upscaled overlapping tiles (faces of a
+        few pixels) and a mirrored pass.
         """
         height, width = rgb.shape[:2]
         if quality is Quality.FAST:
@@ -319,7 +430,9 @@ class CenterFaceDetector:
         full = (
             self.detect(rgb, score_floor=score_floor)
             if height * width <= BALANCED_PIXEL_BUDGET
-            else self._detect_tiles(rgb, 1.0, score_floor)
+            else merge_detections(
+                [self._detect_tiles(rgb, 1.0, score_floor), self._detect_overview(rgb, score_floor)]
+            )
         )
         if quality is Quality.BALANCED:
             return full
@@ -330,8 +443,11 @@ class CenterFaceDetector:
             self._detect_tiles(rgb, 2.0, score_floor + EXTRA_PASS_PENALTY), SMALL_FACE_MAX_PX
         )
         parts = [full, _penalised(upscaled)]
-        if min(height, width) >= 4 * _SIDE_MULTIPLE:
-            parts.append(self._detect_scaled(rgb, 0.5, score_floor))
+        # Half size, or smaller where that would exceed the overview's budget; above the
+        # balanced budget the overview pass is already among the parts.
+        if min(height, width) >= 4 * _SIDE_MULTIPLE and height * width <= BALANCED_PIXEL_BUDGET:
+            half = min(0.5, math.sqrt(OVERVIEW_PIXEL_BUDGET / (height * width)))
+            parts.append(self._detect_scaled(rgb, half, score_floor))
         if height * width <= BALANCED_PIXEL_BUDGET:
             mirrored = self.detect(
                 np.ascontiguousarray(rgb[:, ::-1]), score_floor=score_floor + EXTRA_PASS_PENALTY
@@ -350,6 +466,12 @@ class CenterFaceDetector:
         return _rescale(
             self.detect(resized, score_floor=score_floor), size[0] / width, size[1] / height
         )
+
+    def _detect_overview(self, rgb: np.ndarray, score_floor: float) -> FaceArrays:
+        """The whole image scaled down to ``OVERVIEW_PIXEL_BUDGET`` pixels."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, math.sqrt(OVERVIEW_PIXEL_BUDGET / (height * width)))
+        return self._detect_scaled(rgb, scale, score_floor)
 
     def _detect_tiles(self, rgb: np.ndarray, scale: float, score_floor: float) -> FaceArrays:
         """Overlapping tiles, each resized by ``scale``; memory bounded by the tile size."""

@@ -14,16 +14,25 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from anon_tasks.concurrency import available_cores
 from anon_tasks.errors import ProviderError
 from anon_tasks.model import ModelFile, prepare_for_inference
 
-__all__ = ["DeviceSpec", "InferenceSession", "cuda_unavailable_reason", "get_session"]
+__all__ = [
+    "CPU_GATE",
+    "DeviceSpec",
+    "InferenceSession",
+    "SharedExclusiveGate",
+    "cuda_unavailable_reason",
+    "get_session",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +75,56 @@ class DeviceSpec:
         return self.kind in ("auto", "cuda")
 
 
+class SharedExclusiveGate:
+    """Many shared holders at once, or one exclusive holder; a waiting exclusive holder goes
+    before new shared ones (so a large image is not starved by a stream of small ones)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._exclusive_waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive and not self._exclusive_waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._shared -= 1
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._exclusive_waiting += 1
+            self._condition.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive_waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive = False
+                self._condition.notify_all()
+
+
+#: Every CPU session's runs pass this gate: single-threaded runs share the cores, one per core;
+#: a multi-threaded run has them all to itself.
+CPU_GATE = SharedExclusiveGate()
+
+
 @dataclass(frozen=True)
 class InferenceSession:
     """A ready ONNX Runtime session and what it runs on.
 
-    ``lock`` serialises runs: one run already uses every intra-op thread (or the whole GPU), so
-    concurrent runs only contend; callers overlap decoding and encoding with it instead.
+    On CUDA, ``lock`` serialises runs: one run (a batch) keeps the GPU busy, and callers overlap
+    decoding and encoding with it. On the CPU a single-threaded session runs concurrently from
+    several threads (one image per core scales better than one image on all cores: see
+    docs/benchmarks.md), while a multi-threaded session's run excludes every other CPU run.
     """
 
     session: ort.InferenceSession
@@ -80,12 +133,24 @@ class InferenceSession:
     model_sha256: str
     input_name: str
     output_names: tuple[str, ...]
+    threads: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
-    def run(self, blob: np.ndarray) -> list[np.ndarray]:
-        """Run the model on one NCHW float32 batch; returns the outputs in model order."""
-        with self.lock:
-            return self.session.run(list(self.output_names), {self.input_name: blob})
+    @property
+    def runs_concurrently(self) -> bool:
+        """Several runs of this session may proceed at once (single-threaded CPU sessions)."""
+        return self.provider == CPU_PROVIDER and self.threads == 1
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the model on one uint8 NHWC RGB batch; returns the outputs in model order."""
+        if self.provider != CPU_PROVIDER:
+            guard: contextlib.AbstractContextManager[object] = self.lock
+        elif self.runs_concurrently:
+            guard = CPU_GATE.shared()
+        else:
+            guard = CPU_GATE.exclusive()
+        with guard:
+            return self.session.run(list(self.output_names), {self.input_name: batch})
 
 
 _cuda_lock = threading.Lock()
@@ -148,7 +213,7 @@ def get_session(
     Raises:
         ProviderError: CUDA was asked for explicitly and cannot be used.
     """
-    threads = intra_op_threads or _available_cores()
+    threads = intra_op_threads or available_cores()
     key = (model.sha256, device.session_key, threads)
     with _sessions_lock:
         session = _sessions.get(key)
@@ -156,13 +221,6 @@ def get_session(
             session = _build_session(model, device, threads)
             _sessions[key] = session
         return session
-
-
-def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -188,7 +246,7 @@ def _build_session(model: ModelFile, device: DeviceSpec, threads: int) -> Infere
                     device.device_id,
                     threads,
                 )
-                return _wrap(session, model, CUDA_PROVIDER, device.device_id)
+                return _wrap(session, model, CUDA_PROVIDER, device.device_id, threads)
             reason = f"a CUDA session on device {device.device_id} could not be created"
         if device.kind == "cuda":
             raise ProviderError(f"device='cuda' requested but CUDA cannot be used: {reason}")
@@ -197,7 +255,7 @@ def _build_session(model: ModelFile, device: DeviceSpec, threads: int) -> Infere
     )
     why = "as requested" if device.kind == "cpu" else f"CUDA unavailable: {reason}"
     logger.info("face detector on CPUExecutionProvider, %d threads (%s)", threads, why)
-    return _wrap(session, model, CPU_PROVIDER, None)
+    return _wrap(session, model, CPU_PROVIDER, None, threads)
 
 
 def _try_cuda_session(
@@ -225,7 +283,11 @@ def _try_cuda_session(
 
 
 def _wrap(
-    session: ort.InferenceSession, model: ModelFile, provider: str, device_id: int | None
+    session: ort.InferenceSession,
+    model: ModelFile,
+    provider: str,
+    device_id: int | None,
+    threads: int,
 ) -> InferenceSession:
     return InferenceSession(
         session=session,
@@ -234,4 +296,5 @@ def _wrap(
         model_sha256=model.sha256,
         input_name=session.get_inputs()[0].name,
         output_names=tuple(output.name for output in session.get_outputs()),
+        threads=threads,
     )

@@ -15,8 +15,7 @@ dest still carries the fingerprint and render key the previous manifest recorded
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +27,16 @@ from anon_tasks import __version__
 from anon_tasks.anonymizer import Anonymizer
 from anon_tasks.cache_keys import detection_key, render_key, shard_detection_key
 from anon_tasks.captions import add_caption_note
+from anon_tasks.concurrency import ordered_map, pipeline_threads
 from anon_tasks.dataset import list_dataset
 from anon_tasks.decoded_cache import decoded_cache
 from anon_tasks.detections import Face, faces_above
-from anon_tasks.detector import SCORE_FLOOR
+from anon_tasks.detector import detection_floor
 from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ImageError
 from anon_tasks.manifest import STAGING_DIR, unchanged_row
 from anon_tasks.model import load_model_file
+from anon_tasks.pipeline import FetchedImage, detect_images
 from anon_tasks.planning import is_up_to_date
 from anon_tasks.records import (
     ImageDetections,
@@ -203,34 +204,26 @@ def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
         parameters["images"],
         source=parameters["source"],
         model_sha256=load_model_file(detection.model_path).sha256,
-        score_floor=SCORE_FLOOR,
+        score_floor=detection_floor(detection.threshold),
         max_pixels=parameters.get("max_pixels") or _DEFAULT_OUTPUT.max_pixels,
         quality=detection.quality.value,
     )
 
 
-#: Source reads in flight ahead of decoding and inference (hides object-store latency).
-READ_AHEAD_THREADS = 4
-
-
-def _read_ahead(
-    source: str, images: Sequence[ImageRef], options: Mapping[str, Any]
-) -> Iterator[tuple[ImageRef, str, bytes | Exception]]:
-    """Each image's bytes in order, read by a few threads ahead of the consumer.
-
-    Per-image errors (an unsafe path, a file removed since listing) come back in place of the
-    bytes; storage errors are raised, so the task retries. Bounded by the shard's size.
-    """
-
-    def fetch(image: ImageRef) -> tuple[ImageRef, str, bytes | Exception]:
-        try:
-            url = join_url(source, image.relative_path)
-            return image, url, read_bytes(url, options)
-        except (ImageError, FileNotFoundError) as exc:
-            return image, "", exc
-
-    with ThreadPoolExecutor(max_workers=READ_AHEAD_THREADS) as pool:
-        yield from pool.map(fetch, images)
+def _image_detections(
+    item: FetchedImage, outcome: tuple[Face, ...] | Exception, floor: float
+) -> ImageDetections:
+    """The record of one image: its faces down to ``floor``, or its error (logged)."""
+    image = item.image
+    if isinstance(outcome, FileNotFoundError):  # removed since it was listed
+        get_run_logger().warning("%s vanished before it could be read", image.relative_path)
+        return ImageDetections(image=image, score_floor=floor, error=_vanished(image))
+    if isinstance(outcome, Exception):
+        reason = outcome.reason if isinstance(outcome, ImageError) else str(outcome)
+        get_run_logger().warning("cannot read %s: %s", image.relative_path, reason)
+        return ImageDetections(image=image, score_floor=floor, error=str(outcome))
+    frames = len(item.decoded.frames) if item.decoded is not None else 0
+    return ImageDetections(image=image, faces=outcome, score_floor=floor, frame_count=frames)
 
 
 def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetections | None:
@@ -262,9 +255,9 @@ def detect_faces(
 ) -> ShardDetections:
     """Find every face candidate above the score floor in a shard of images.
 
-    Candidates down to ``SCORE_FLOOR`` are kept so that any threshold at or above it can be
-    applied later without running the model again. Images that cannot be decoded are returned
-    with their error; the shard goes on.
+    Candidates down to ``SCORE_FLOOR`` (or the threshold, when it is lower) are kept so that
+    any threshold at or above it can be applied later without running the model again. Images
+    that cannot be decoded are returned with their error; the shard goes on.
 
     Args:
         images: The shard's image references (from ``list_images``).
@@ -284,12 +277,13 @@ def detect_faces(
     store = context.result_store if context is not None else None
     options = storage_options_for(storage_options, credentials_block)
     model_sha = load_model_file(detection.model_path).sha256
+    floor = detection_floor(detection.threshold)
     keys = [
         detection_key(
             image,
             source=source,
             model_sha256=model_sha,
-            score_floor=SCORE_FLOOR,
+            score_floor=floor,
             max_pixels=max_pixels,
             quality=detection.quality.value,
         )
@@ -317,33 +311,18 @@ def detect_faces(
                 OutputSettings(max_pixels=max_pixels),
             )
             keys_by_path = {image.relative_path: key for image, key in missing}
-            for image, url, content in _read_ahead(source, [i for i, _ in missing], options):
-                key = keys_by_path[image.relative_path]
-                try:
-                    if isinstance(content, Exception):
-                        raise content
-                    read += 1
-                    decoded = anonymizer.decode(content, source=image.relative_path)
-                    faces = anonymizer.detect(decoded, score_floor=SCORE_FLOOR)
+            stream = detect_images(
+                anonymizer, source, [image for image, _ in missing], options, score_floor=floor
+            )
+            for item, outcome in stream:
+                read += int(item.was_read)
+                result = _image_detections(item, outcome, floor)
+                if result.error is None and item.decoded is not None:
                     inferred += 1
-                    decoded_cache.put(url, image.fingerprint, decoded)  # mask_faces is next
-                    result = ImageDetections(
-                        image=image,
-                        faces=faces,
-                        score_floor=SCORE_FLOOR,
-                        frame_count=len(decoded.frames),
-                    )
-                except ImageError as exc:
-                    logger.warning("cannot read %s: %s", image.relative_path, exc.reason)
-                    result = ImageDetections(image=image, score_floor=SCORE_FLOOR, error=str(exc))
-                except FileNotFoundError:  # removed since it was listed
-                    logger.warning("%s vanished before it could be read", image.relative_path)
-                    result = ImageDetections(
-                        image=image, score_floor=SCORE_FLOOR, error=_vanished(image)
-                    )
+                    decoded_cache.put(item.url, item.image.fingerprint, item.decoded)
                 if store is not None:
-                    store.write(obj=result, key=key)
-                found[image.relative_path] = result
+                    store.write(obj=result, key=keys_by_path[item.image.relative_path])
+                found[item.image.relative_path] = result
     logger.info(
         "%d image(s): %d read, %d inferred%s",
         len(images),
@@ -418,9 +397,9 @@ def mask_faces(
     model_sha = anonymizer.detector.model_sha256
     previous = previous or {}
     options = storage_options_for(storage_options, credentials_block)
-    masked: list[MaskedImage] = []
-    read = 0
-    for found in detections.images:
+
+    def mask_one(found: ImageDetections) -> tuple[MaskedImage, bool]:
+        """One image masked and encoded (or skipped, or failed), and whether it was read."""
         image = found.image
         faces = faces_above(found.faces, detection.threshold)
         key = render_key(
@@ -432,50 +411,53 @@ def mask_faces(
             caption_note=caption_note,
         )
         if found.error is not None:
-            masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=found.error))
-            continue
+            return MaskedImage(image=image, status=ImageStatus.FAILED, error=found.error), False
         prior = previous.get(image.relative_path)
         if is_up_to_date(
             image, prior, key, lambda relative: file_fingerprint(join_url(dest, relative), options)
         ):
-            masked.append(
-                MaskedImage(
-                    image=image,
-                    status=ImageStatus.UNCHANGED,
-                    faces=faces,
-                    render_key=key,
-                    previous=prior,
-                )
+            unchanged = MaskedImage(
+                image=image,
+                status=ImageStatus.UNCHANGED,
+                faces=faces,
+                render_key=key,
+                previous=prior,
             )
-            continue
+            return unchanged, False
+        was_read = False
         try:
             url = join_url(source, image.relative_path)
             decoded = decoded_cache.pop(url, image.fingerprint)
             if decoded is None:
                 decoded = anonymizer.decode(read_bytes(url, options), source=image.relative_path)
-                read += 1
+                was_read = True
             encoded = anonymizer.encode(anonymizer.mask(decoded, faces), source=image.relative_path)
             hides = masking.method is not AnonymizeMethod.NONE
             sidecars = _sidecars(source, image, faces, caption_note, hides, options)
         except ImageError as exc:
             logger.warning("cannot anonymise %s: %s", image.relative_path, exc.reason)
-            masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=str(exc)))
-            continue
+            failed = MaskedImage(image=image, status=ImageStatus.FAILED, error=str(exc))
+            return failed, was_read
         except FileNotFoundError:
-            error = _vanished(image)
-            masked.append(MaskedImage(image=image, status=ImageStatus.FAILED, error=error))
-            continue
-        masked.append(
-            MaskedImage(
-                image=image,
-                status=ImageStatus.WRITTEN,
-                faces=faces,
-                content=encoded,
-                sidecars=sidecars,
-                render_key=key,
-            )
+            failed = MaskedImage(image=image, status=ImageStatus.FAILED, error=_vanished(image))
+            return failed, was_read
+        written = MaskedImage(
+            image=image,
+            status=ImageStatus.WRITTEN,
+            faces=faces,
+            content=encoded,
+            sidecars=sidecars,
+            render_key=key,
         )
-    return MaskedShard(images=tuple(masked), images_read=read)
+        return written, was_read
+
+    # Masking and encoding release the GIL (OpenCV, Pillow): a few images at a time.
+    threads = pipeline_threads()
+    results = list(ordered_map(mask_one, detections.images, threads=threads, ahead=2 * threads))
+    return MaskedShard(
+        images=tuple(masked for masked, _ in results),
+        images_read=sum(was_read for _, was_read in results),
+    )
 
 
 def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
@@ -484,6 +466,7 @@ def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
             box=tuple(round(v, 2) for v in face.xyxy),
             score=round(face.score, 4),  # type: ignore[arg-type]
             frame=face.frame,
+            landmarks=tuple((round(x, 1), round(y, 1)) for x, y in face.landmarks_xy),
         )
         for face in faces
     )

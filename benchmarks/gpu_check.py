@@ -4,11 +4,15 @@ Usage (on a host with an NVIDIA GPU and ``anon-tasks[cuda]`` installed)::
 
     python benchmarks/gpu_check.py [--device cuda:0] [--json results.json]
 
-Prints the execution provider the session really got, the largest box and score differences
-between CUDA and CPU detections on the same images, the model's images/s at batch sizes 1, 8 and
-32 for 1024x768 and 1920x1080 images (preprocessing, inference and decoding; images already
-decoded), and an end-to-end figure (JPEG decode, detection, blur and JPEG encode, CPU work spread
-over a thread pool). Exits 1 when CUDA is not used or detections differ beyond tolerance.
+Prints the execution provider the session really got; the largest box and score differences
+between CUDA and CPU detections on the same images; the model's images/s at batch sizes 1, 8
+and 32 for 1024x768 and 1920x1080 images, through ``detect_batch`` (resize and stack on the CPU,
+inference, decoding) and for the model alone (host input and output, then input and outputs
+bound on the device); and end-to-end images/s of the library pipeline the flow's tasks run
+(JPEG files read and decoded on a thread pool, same-size batches detected, blurred, encoded and
+written on a thread pool) over 2,048 files of 1024x768, then of the dev set's mix of heights,
+at batch sizes 1, 8, 16 and 32. Exits 1 when CUDA is not used or detections differ beyond
+tolerance.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -75,7 +78,8 @@ def compare(cpu: CenterFaceDetector, gpu: CenterFaceDetector) -> dict[str, float
     }
 
 
-def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[str, float]]:
+def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[str, object]]:
+    """Images/s of ``detect_batch``: resize and stack on the CPU, model run, decode."""
     rows = []
     for width, height in SIZES:
         rgb = faces_image(width, height)
@@ -100,56 +104,126 @@ def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[
     return rows
 
 
-def end_to_end(detector: CenterFaceDetector, images: int, batch: int, workers: int) -> float:
-    """Images/s for JPEG bytes in, anonymised JPEG bytes out (1024x768)."""
-    from anon_tasks.detections import Face
-    from anon_tasks.masking import mask_faces
-    from anon_tasks.settings import MaskSettings
+def model_only(detector: CenterFaceDetector, seconds: float) -> list[dict[str, object]]:
+    """Images/s of the model alone: host batch in and out, then I/O binding on the device."""
+    import onnxruntime as ort
 
-    jpegs = [
-        cv2.imencode(".jpg", cv2.cvtColor(faces_image(1024, 768, seed), cv2.COLOR_RGB2BGR))[1]
-        for seed in range(8)
-    ]
-    settings = MaskSettings()
+    from anon_tasks.detector import network_batch, network_size_wh
 
-    def decode(index: int) -> np.ndarray:
-        bgr = cv2.imdecode(jpegs[index % len(jpegs)], cv2.IMREAD_COLOR)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    session = detector._session
+    rows = []
+    for width, height in SIZES:
+        size = network_size_wh(width, height)
+        for batch in BATCHES:
+            pixels = network_batch([faces_image(width, height)] * batch, size)
+            binding = session.session.io_binding()
+            on_device = ort.OrtValue.ortvalue_from_numpy(pixels, "cuda", session.device_id or 0)
+            binding.bind_ortvalue_input(session.input_name, on_device)
+            for name in session.output_names:
+                binding.bind_output(name, "cuda", session.device_id or 0)
+            row: dict[str, object] = {"size": f"{width}x{height}", "batch": batch}
+            for label, call in (
+                ("host_io", lambda p=pixels: session.run(p)),
+                ("device_io", lambda b=binding: session.session.run_with_iobinding(b)),
+            ):
+                for _ in range(3):
+                    call()
+                runs, started = 0, time.perf_counter()
+                while time.perf_counter() - started < seconds:
+                    call()
+                    runs += 1
+                row[f"{label}_images_per_s"] = round(
+                    runs * batch / (time.perf_counter() - started), 1
+                )
+            rows.append(row)
+            print(f"  model only {row}")
+    return rows
 
-    def finish(item: tuple[np.ndarray, object]) -> int:
-        rgb, found = item
-        faces = [
-            Face(xyxy=tuple(box), score=float(score))
-            for box, score in zip(found.xyxy.tolist(), found.scores.tolist(), strict=True)
-        ]
-        masked = mask_faces(rgb, faces, settings)
-        return len(cv2.imencode(".jpg", masked, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
 
-    with ThreadPoolExecutor(workers) as pool:
-        started = time.perf_counter()
-        pending = []
-        for first in range(0, images, batch):
-            frames = list(pool.map(decode, range(first, min(images, first + batch))))
-            found = detector.detect_batch(frames, score_floor=0.4)
-            pending.append(pool.map(finish, zip(frames, found, strict=True)))
-        for results in pending:
-            list(results)
-        return images / (time.perf_counter() - started)
+def write_dataset(folder: Path, count: int, shapes: list[tuple[int, int]]) -> list[str]:
+    """``count`` JPEGs of real faces, 1,024 px wide, cycling through ``shapes``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    encoded = {}
+    names = []
+    for index in range(count):
+        width, height = shapes[index % len(shapes)]
+        key = (width, height, index % 7)
+        if key not in encoded:
+            bgr = cv2.cvtColor(faces_image(width, height, index % 7), cv2.COLOR_RGB2BGR)
+            encoded[key] = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        name = f"img{index:05d}.jpg"
+        (folder / name).write_bytes(encoded[key])
+        names.append(name)
+    return names
+
+
+def end_to_end(device: str, source: Path, names: list[str], dest: Path) -> dict[str, object]:
+    """Images/s of the library pipeline the flow's tasks use: read and decode on a thread
+    pool, detect (same-size batches), mask and encode on a thread pool, write."""
+    from anon_tasks.anonymizer import Anonymizer
+    from anon_tasks.concurrency import ordered_map, pipeline_threads
+    from anon_tasks.detections import faces_above
+    from anon_tasks.pipeline import detect_images
+    from anon_tasks.records import ImageRef
+    from anon_tasks.storage import write_bytes_atomic
+
+    anonymizer = Anonymizer(detection=DetectionSettings(device=device))
+    refs = [ImageRef(relative_path=name, size_bytes=0, fingerprint=name) for name in names]
+    threads = pipeline_threads()
+    faces_found = 0
+
+    def finish(pair: tuple[object, object]) -> int:
+        fetched, faces = pair
+        if isinstance(faces, Exception):
+            raise faces
+        shown = faces_above(faces, 0.4)
+        masked = anonymizer.mask(fetched.decoded, shown)
+        write_bytes_atomic(str(dest / fetched.image.relative_path), anonymizer.encode(masked))
+        return len(shown)
+
+    list(detect_images(anonymizer, str(source), refs[:8], {}))  # warm-up
+    started = time.perf_counter()
+    stream = detect_images(anonymizer, str(source), refs, {})
+    for count in ordered_map(finish, stream, threads=threads, ahead=2 * threads):
+        faces_found += count
+    elapsed = time.perf_counter() - started
+    return {
+        "images": len(names),
+        "images_per_s": round(len(names) / elapsed, 1),
+        "seconds": round(elapsed, 2),
+        "faces": faces_found,
+        "batch_size": anonymizer.detector.batch_size,
+        "threads_per_stage": threads,
+    }
+
+
+#: Network sizes of the WIDER dev set's most common shapes (1,024 px wide), in proportion.
+DEV_SHAPES = [(1024, 683)] * 6 + [(1024, 768)] * 5 + [(1024, 576)] * 2 + [(1024, 1536)] * 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per configuration")
+    parser.add_argument("--images", type=int, default=2048, help="end-to-end dataset size")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/anon-gpu-check"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import onnxruntime
 
+    from anon_tasks import detector as detector_module
+
     report: dict[str, object] = {
         "onnxruntime": onnxruntime.__version__,
         "available_providers": onnxruntime.get_available_providers(),
+        "cpu_count": os.cpu_count(),
     }
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+
     gpu = CenterFaceDetector(DetectionSettings(device=args.device))
     cpu = CenterFaceDetector(DetectionSettings(device="cpu"))
     providers = gpu._session.session.get_providers()
@@ -157,15 +231,24 @@ def main() -> int:
     print(f"session providers: {providers}")
     report["cpu_vs_gpu"] = compare(cpu, gpu)
     print(f"cpu vs gpu: {report['cpu_vs_gpu']}")
-    print("model throughput (preprocess + inference + decode):")
+    save()
+    print("model throughput (resize and stack, inference, decode):")
     report["model"] = model_throughput(gpu, args.seconds)
-    workers = max(2, (os.cpu_count() or 2) - 1)
-    rate = end_to_end(gpu, images=512, batch=32, workers=workers)
-    report["end_to_end_1024x768_images_per_s"] = round(rate, 1)
-    report["end_to_end_workers"] = workers
-    print(f"end to end, 1024x768 JPEG in/out, batch 32, {workers} CPU threads: {rate:.1f} img/s")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    save()
+    if providers[0] == "CUDAExecutionProvider":
+        report["model_only"] = model_only(gpu, args.seconds / 2)
+        save()
+    for label, shapes in (("1024x768", [(1024, 768)]), ("dev_shapes", DEV_SHAPES)):
+        source = args.work / f"src-{label}"
+        names = write_dataset(source, args.images, shapes)
+        for batch in (1, 8, 16, 32):
+            detector_module.CUDA_BATCH_SIZE = batch
+            dest = args.work / f"out-{label}-{batch}"
+            dest.mkdir(parents=True, exist_ok=True)
+            result = end_to_end(args.device, source, names, dest)
+            report[f"end_to_end_{label}_batch{batch}"] = result
+            print(f"end to end, {label}, batch {batch}: {result}")
+            save()
     agree = report["cpu_vs_gpu"]
     ok = (
         providers[0] == "CUDAExecutionProvider"
@@ -173,6 +256,8 @@ def main() -> int:
         and agree["max_box_diff_px"] <= BOX_TOLERANCE_PX
         and agree["max_score_diff"] <= SCORE_TOLERANCE
     )
+    report["passed"] = ok
+    save()
     print("GPU CHECK " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
 

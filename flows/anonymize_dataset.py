@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from anon_tasks.storage import (
     write_bytes_atomic,
 )
 from anon_tasks.tasks import (
+    MaskedShard,
     detect_faces,
     list_images,
     mask_faces,
@@ -253,6 +255,20 @@ class _Outcome:
     devices: set[str] = field(default_factory=set)
 
 
+#: Shards submitted ahead per device: one detecting while the previous one is masked.
+SHARDS_IN_FLIGHT = 2
+
+
+@dataclass(frozen=True)
+class _ShardRun:
+    """The three task runs of one shard, and its image count."""
+
+    found: PrefectFuture[ShardDetections]
+    masked: PrefectFuture[MaskedShard]
+    written: PrefectFuture[list[ManifestRow]]
+    size: int
+
+
 def _process(
     plan: _Plan,
     source: str,
@@ -271,10 +287,27 @@ def _process(
         "storage_options": run.storage_options,
         "credentials_block": run.credentials_block,
     }
-    # One thread per device runs the model (one run at a time per device) while one more
-    # decodes, masks, encodes and writes; never an unbounded pool.
-    with ThreadPoolTaskRunner(max_workers=len(devices) + 1) as runner:
-        pending = []
+    # Per device: one thread runs the model while another masks and encodes the previous
+    # shard and a third writes; never an unbounded pool. At most SHARDS_IN_FLIGHT shards per
+    # device are submitted at a time, and each is released once written, so memory (decoded
+    # pixels, encoded bytes, futures) stays bounded whatever the dataset's size.
+    window = SHARDS_IN_FLIGHT * len(devices)
+    in_flight: deque[_ShardRun] = deque()
+
+    def collect(shard_run: _ShardRun) -> None:
+        # Upstream first: a failed detection surfaces as its own error, not as a downstream
+        # task that never left Pending.
+        detections = shard_run.found.result()
+        outcome.images_read += shard_run.masked.result().images_read
+        outcome.rows.extend(shard_run.written.result())
+        if not _was_cached(shard_run.found):
+            outcome.images_inferred += detections.images_inferred
+            outcome.images_read += detections.images_read
+            if detections.device:
+                outcome.devices.add(detections.device)
+        progress.advance(shard_run.size)
+
+    with ThreadPoolTaskRunner(max_workers=3 * len(devices)) as runner:
         for index, shard in enumerate(plan.todo):
             found = runner.submit(
                 detect,
@@ -317,20 +350,11 @@ def _process(
                     **storage,
                 },
             )
-            pending.append((found, masked, written, len(shard)))
-        for found, masked, written, size in pending:
-            # Upstream first: a failed detection surfaces as its own error, not as a
-            # downstream task that never left Pending.
-            detections = found.result()
-            images_read = masked.result().images_read
-            outcome.rows.extend(written.result())
-            outcome.images_read += images_read
-            if not _was_cached(found):
-                outcome.images_inferred += detections.images_inferred
-                outcome.images_read += detections.images_read
-                if detections.device:
-                    outcome.devices.add(detections.device)
-            progress.advance(size)
+            in_flight.append(_ShardRun(found, masked, written, len(shard)))
+            if len(in_flight) >= window:
+                collect(in_flight.popleft())
+        while in_flight:
+            collect(in_flight.popleft())
     progress.finish()
     return outcome
 

@@ -769,7 +769,9 @@ def test_to_detector_rgb_is_identity_on_uint8_rgb(astronaut_rgb: np.ndarray) -> 
         np.testing.assert_array_equal(rgb, frame)
         assert rgb.dtype == np.uint8
         assert rgb.flags.c_contiguous
-        assert not np.shares_memory(rgb, frame)
+    # A contiguous uint8 RGB frame is passed as it is; a strided view is copied.
+    assert to_detector_rgb(astronaut_rgb) is astronaut_rgb
+    assert not np.shares_memory(to_detector_rgb(astronaut_rgb[:, ::-1]), astronaut_rgb)
 
 
 @pytest.mark.parametrize(

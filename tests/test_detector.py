@@ -189,6 +189,8 @@ def test_tiles_find_a_face_cut_by_a_tile_border(detector, astronaut_rgb, monkeyp
 
     # Force tiling at 1x: the astronaut's face (x 181-270) straddles the border at x=224.
     monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 10_000)
+    # An overview too small to see the face: only the tiles can find it.
+    monkeypatch.setattr(detector_module, "OVERVIEW_PIXEL_BUDGET", 1_024)
     monkeypatch.setattr(detector_module, "TILE_SIDE_PX", 256)
     monkeypatch.setattr(detector_module, "TILE_OVERLAP_PX", 128)
     tiled = detector.detect_quality(astronaut_rgb, Quality.BALANCED, score_floor=THRESHOLD)
@@ -208,3 +210,38 @@ def test_fast_quality_bounds_the_inference_size(detector, astronaut_rgb) -> None
     assert detector.inference_count == before + 1
     assert len(found) == 1
     assert found.xyxy[0][2] > 1000  # boxes come back in the original image's pixels
+
+
+@pytest.mark.parametrize("quality_name", ["balanced", "thorough"])
+def test_every_pass_is_bounded_by_the_tile_above_the_budgets(
+    detector, astronaut_rgb, monkeypatch, quality_name
+) -> None:
+    """Above the budgets no model run is larger than a tile, whatever the image's size: the
+    memory of a 50 MP photo is that of a 1 MP one (figures: benchmarks/large_image.py)."""
+    import cv2
+
+    from anon_tasks import detector as detector_module
+    from anon_tasks.settings import Quality
+
+    # Budgets scaled down 100x so a 2,560 x 2,560 photo stands for a 50 MP one.
+    monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 400_000)
+    monkeypatch.setattr(detector_module, "OVERVIEW_PIXEL_BUDGET", 40_000)
+    monkeypatch.setattr(detector_module, "TILE_SIDE_PX", 384)
+    monkeypatch.setattr(detector_module, "TILE_OVERLAP_PX", 64)
+    big = cv2.resize(astronaut_rgb, (2560, 2560), interpolation=cv2.INTER_CUBIC)
+    from anon_tasks.runtime import InferenceSession
+
+    shapes: list[tuple[int, ...]] = []
+    real_run = InferenceSession.run
+
+    def recording_run(self, batch):
+        shapes.append(batch.shape)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(InferenceSession, "run", recording_run)
+    found = detector.detect_quality(big, Quality(quality_name), score_floor=THRESHOLD)
+    assert len(shapes) > 4
+    assert max(shape[1] * shape[2] for shape in shapes) <= 384 * 384  # NHWC
+    # The astronaut's face (5x the 512 px photo) is still found where it is.
+    best = found.xyxy[np.argmax(found.scores)]
+    np.testing.assert_allclose(best / 5, (181, 58, 270, 178), atol=15)

@@ -11,6 +11,7 @@ from PIL import Image
 from prefect import flow
 from prefect.utilities.callables import parameter_schema
 
+from anon_tasks.detector import SCORE_FLOOR
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.flows import anonymize_dataset
 from anon_tasks.records import ManifestRow, RunSummary
@@ -170,6 +171,18 @@ def test_threshold_changes_rerun_without_inference(dataset, tmp_path) -> None:
     assert lower.faces_found >= first.faces_found > higher.faces_found
     for row in manifest(dest):
         assert all(face["score"] > 0.95 for face in row["faces"])
+
+
+def test_a_threshold_below_the_floor_is_served_by_a_new_inference(dataset, tmp_path) -> None:
+    """Stored detections stop at SCORE_FLOOR; a lower threshold must not silently mask only
+    the faces above the floor."""
+    dest = tmp_path / "clean"
+    run(dataset, dest)
+    low = run(dataset, dest, detection=DetectionSettings(device="cpu", threshold=0.03))
+    assert low.images_inferred == 6  # every decodable image
+    scores = [face["score"] for row in manifest(dest) for face in row["faces"]]
+    assert min(scores) > 0.03
+    assert any(score <= SCORE_FLOOR for score in scores)
 
 
 def test_added_and_changed_images_are_the_only_ones_inferred(

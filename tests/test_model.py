@@ -14,6 +14,7 @@ from anon_tasks.errors import ModelError
 from anon_tasks.model import (
     CENTERFACE_SHA256,
     CENTERFACE_SIZE_BYTES,
+    PIXELS_INPUT,
     bundled_model_path,
     load_model_file,
     prepare_for_inference,
@@ -77,16 +78,48 @@ def test_rewrite_moves_weights_out_of_inputs_and_makes_shapes_dynamic() -> None:
     original = onnx.load_model_from_string(load_model_file().content)
     assert len(original.graph.input) == 195  # image + 194 weights listed as inputs
     rewritten = onnx.load_model_from_string(prepare_for_inference(load_model_file().content))
-    assert [i.name for i in rewritten.graph.input] == ["input.1"]
+    assert [i.name for i in rewritten.graph.input] == [PIXELS_INPUT]
     dims = rewritten.graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", "height", "width", 3]
+    assert rewritten.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
     session = ort.InferenceSession(
         rewritten.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     for batch, height, width in ((1, 64, 96), (2, 128, 32)):
-        heatmap = session.run(None, {"input.1": np.zeros((batch, 3, height, width), np.float32)})[0]
+        pixels = np.zeros((batch, height, width, 3), np.uint8)
+        heatmap = session.run(None, {PIXELS_INPUT: pixels})[0]
         assert heatmap.shape == (batch, 1, height // 4, width // 4)
+
+
+def test_rewritten_model_sees_the_reference_float_tensor(astronaut_rgb) -> None:
+    """The uint8 NHWC input with the in-graph cast and transpose gives the float NCHW input's
+    outputs bit for bit (cv2.dnn.blobFromImage, as the reference builds it)."""
+    import cv2
+
+    original = onnx.load_model_from_string(load_model_file().content)
+    weights = {init.name for init in original.graph.initializer}
+    image_input = [i for i in original.graph.input if i.name not in weights]
+    del original.graph.input[:]
+    original.graph.input.extend(image_input)
+    for value in (*original.graph.input, *original.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"  # the export fixed it at 10
+    del original.graph.value_info[:]
+    float_session = ort.InferenceSession(
+        original.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    uint8_session = ort.InferenceSession(
+        prepare_for_inference(load_model_file().content), providers=["CPUExecutionProvider"]
+    )
+    # The bundled model's fixed input size, so the original graph runs unchanged.
+    dims = image_input[0].type.tensor_type.shape.dim
+    height, width = dims[2].dim_value, dims[3].dim_value
+    rgb = np.ascontiguousarray(cv2.resize(astronaut_rgb, (width, height))[:, ::-1])
+    blob = cv2.dnn.blobFromImage(rgb, 1.0, (width, height), (0, 0, 0), False, False)
+    expected = float_session.run(None, {image_input[0].name: blob})
+    got = uint8_session.run(None, {PIXELS_INPUT: rgb[np.newaxis]})
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(have, want)
 
 
 def test_rewrite_refuses_garbage() -> None:

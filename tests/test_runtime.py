@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
 from anon_tasks import runtime
 from anon_tasks.errors import ProviderError
 from anon_tasks.model import load_model_file
 from anon_tasks.runtime import DeviceSpec, cuda_unavailable_reason, get_session
+from anon_tasks.settings import DetectionSettings
 
 
 @pytest.mark.parametrize(
@@ -62,3 +64,73 @@ def test_sessions_are_cached_per_model_device_and_threads() -> None:
     first = get_session(model, DeviceSpec("cpu"), intra_op_threads=1)
     assert get_session(model, DeviceSpec("cpu"), intra_op_threads=1) is first
     assert get_session(model, DeviceSpec("cpu"), intra_op_threads=2) is not first
+
+
+def test_gate_lets_shared_holders_overlap_and_exclusive_ones_run_alone() -> None:
+    import threading
+    import time
+
+    from anon_tasks.runtime import SharedExclusiveGate
+
+    gate = SharedExclusiveGate()
+    lock = threading.Lock()
+    inside: list[str] = []
+    seen: list[tuple[str, ...]] = []
+
+    def hold(kind: str) -> None:
+        with gate.shared() if kind == "shared" else gate.exclusive():
+            with lock:
+                inside.append(kind)
+                seen.append(tuple(inside))
+            time.sleep(0.02)
+            with lock:
+                inside.remove(kind)
+
+    threads = [
+        threading.Thread(target=hold, args=(kind,))
+        for kind in ["shared", "shared", "exclusive", "shared", "shared", "exclusive", "shared"]
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.002)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert max(len(now) for now in seen if "exclusive" not in now) >= 2  # shared ones overlap
+    assert all(now == ("exclusive",) for now in seen if "exclusive" in now)
+
+
+def test_single_threaded_cpu_runs_equal_multi_threaded_ones_bit_for_bit(astronaut_rgb) -> None:
+    """One image per core with single-threaded runs gives the same outputs as all cores on
+    one image: the choice of thread layout never changes a detection."""
+    from anon_tasks.detector import network_batch, network_size_wh
+
+    model = load_model_file()
+    single = get_session(model, DeviceSpec("cpu"), intra_op_threads=1)
+    multi = get_session(model, DeviceSpec("cpu"), intra_op_threads=2)
+    assert single.runs_concurrently
+    assert not multi.runs_concurrently
+    batch = network_batch([astronaut_rgb], network_size_wh(512, 512))
+    for one, other in zip(single.run(batch), multi.run(batch), strict=True):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_cpu_detector_runs_small_images_side_by_side_and_large_ones_alone(monkeypatch) -> None:
+    from anon_tasks import detector as detector_module
+    from anon_tasks.detector import CenterFaceDetector
+
+    monkeypatch.setattr(detector_module, "available_cores", lambda: 4)
+    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    assert detector.concurrent_runs == 4
+    # Alone (a plain library call), a run takes every core.
+    alone = detector._session_for(1_000_000)
+    assert alone.threads == 4
+    assert not alone.runs_concurrently
+    # Beside other threads' runs, one core each, up to the pixel limit.
+    with detector_module.side_by_side_runs():
+        assert detector._session_for(1_000_000) is detector._session
+        assert detector._session.runs_concurrently
+        wide = detector._session_for(detector_module.PARALLEL_MAX_PIXELS + 1)
+    assert wide is alone
+    threaded = CenterFaceDetector(DetectionSettings(device="cpu", intra_op_threads=2))
+    assert threaded.concurrent_runs == 2

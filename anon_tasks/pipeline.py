@@ -1,0 +1,142 @@
+"""The detection pipeline: read, decode and detect on a few threads, results in input order.
+
+On the CPU, one thread per core reads, decodes and detects one image at a time with a
+single-threaded model run: images run side by side (the GIL is released in Pillow and ONNX
+Runtime). On CUDA, reads and decodes run on ``pipeline_threads()`` threads ahead of the model,
+which runs in the caller's thread on batches of same-size images. Either way at most a few
+images are in flight: memory is bounded by the look-ahead, not by the number of images.
+
+``detect_faces`` (the Prefect task) wraps :func:`detect_images`; the GPU benchmark calls it
+directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from anon_tasks.anonymizer import Anonymizer
+from anon_tasks.codec import DecodedImage
+from anon_tasks.concurrency import ordered_map, pipeline_threads
+from anon_tasks.detections import Face
+from anon_tasks.detector import SCORE_FLOOR, side_by_side_runs
+from anon_tasks.errors import ImageError
+from anon_tasks.records import ImageRef
+from anon_tasks.storage import join_url, read_bytes
+
+__all__ = ["FetchedImage", "detect_images", "fetch_and_decode"]
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """One source image read and decoded, or why it could not be.
+
+    Attributes:
+        image: The reference it was read for.
+        url: Where it was read from; empty when the path itself was refused.
+        decoded: Its upright frames; None when it could not be read or decoded.
+        error: The per-image error (``ImageError`` or ``FileNotFoundError``), else None.
+        was_read: Its bytes were read from storage.
+    """
+
+    image: ImageRef
+    url: str = ""
+    decoded: DecodedImage | None = None
+    error: Exception | None = None
+    was_read: bool = False
+
+
+def fetch_and_decode(
+    anonymizer: Anonymizer, source: str, image: ImageRef, options: Mapping[str, Any]
+) -> FetchedImage:
+    """Read and decode one image.
+
+    Per-image errors (an unsafe path, a file removed since listing, undecodable bytes) come back
+    in the value; storage errors are raised, so the caller's retry policy applies.
+    """
+    try:
+        url = join_url(source, image.relative_path)
+        content = read_bytes(url, options)
+    except (ImageError, FileNotFoundError) as exc:
+        return FetchedImage(image=image, error=exc)
+    try:
+        decoded = anonymizer.decode(content, source=image.relative_path)
+    except ImageError as exc:
+        return FetchedImage(image=image, url=url, error=exc, was_read=True)
+    return FetchedImage(image=image, url=url, decoded=decoded, was_read=True)
+
+
+def detect_images(
+    anonymizer: Anonymizer,
+    source: str,
+    images: Sequence[ImageRef],
+    options: Mapping[str, Any],
+    *,
+    score_floor: float = SCORE_FLOOR,
+) -> Iterator[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
+    """Each image with its faces above ``score_floor``, or with its per-image error, in order.
+
+    Args:
+        anonymizer: Holds the detector (and its device) and the decoding limits.
+        source: The dataset root the references are relative to.
+        images: What to read.
+        options: fsspec storage options for ``source``.
+        score_floor: Lowest score kept.
+
+    Example:
+        >>> for fetched, faces in detect_images(anonymizer, "data/raw", refs, {}):
+        ...     print(fetched.image.relative_path, faces)
+    """
+    runs = anonymizer.detector.concurrent_runs
+    if runs > 1:
+        # CPU: each thread reads, decodes and detects one image, one thread per core.
+        def one(image: ImageRef) -> tuple[FetchedImage, tuple[Face, ...] | Exception]:
+            fetched = fetch_and_decode(anonymizer, source, image, options)
+            with side_by_side_runs():
+                return fetched, _detect_chunk(anonymizer, [fetched], score_floor)[0]
+
+        yield from ordered_map(one, images, threads=runs, ahead=2 * runs)
+        return
+    # One run at a time (CUDA): reads and decodes on a pool, batches in this thread.
+    threads = pipeline_threads()
+    batch = anonymizer.detector.batch_size
+    stream = ordered_map(
+        lambda image: fetch_and_decode(anonymizer, source, image, options),
+        images,
+        threads=threads,
+        ahead=max(2 * threads, 2 * batch),
+    )
+    for chunk in _chunks(stream, batch):
+        yield from zip(chunk, _detect_chunk(anonymizer, chunk, score_floor), strict=True)
+
+
+def _chunks(items: Iterator[FetchedImage], size: int) -> Iterator[list[FetchedImage]]:
+    chunk: list[FetchedImage] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _detect_chunk(
+    anonymizer: Anonymizer, chunk: list[FetchedImage], score_floor: float
+) -> list[tuple[Face, ...] | Exception]:
+    """Faces of each decoded image of a chunk, or the image's error."""
+    decoded = [item.decoded for item in chunk if item.decoded is not None]
+    try:
+        found: list[tuple[Face, ...] | Exception] = list(
+            anonymizer.detect_many(decoded, score_floor=score_floor)
+        )
+    except ImageError:  # one bad image in a batch: find it image by image
+        found = []
+        for image in decoded:
+            try:
+                found.append(anonymizer.detect(image, score_floor=score_floor))
+            except ImageError as exc:
+                found.append(exc)
+    outcomes = iter(found)
+    return [item.error if item.error is not None else next(outcomes) for item in chunk]

@@ -1,0 +1,339 @@
+"""Throughput and memory: the flow against the library, the bare model and deface's CLI.
+
+Usage (from the repository root, after ``make install``)::
+
+    .venv/bin/python benchmarks/throughput.py [FOLDER]            # speed, side by side
+    .venv/bin/python benchmarks/throughput.py --memory             # peak RSS, 200 vs 2,000 images
+
+FOLDER defaults to ../shared/data/wider-dev/images. Settings are the seed's defaults (blur,
+threshold 0.4, mask scale 1.0, balanced quality, full resolution) on the CPU.
+
+Each case runs in its own process, one after another, so each peak RSS is that case's own:
+
+- bare floor: the model with its weights moved out of the graph inputs (float NCHW input, as
+  shipped otherwise), ONNX Runtime's default session options, ``session.run`` on one image at
+  a time, input built beforehand; nothing else is timed. Also timed per intra-op thread count.
+- library: ``Anonymizer.anonymize_file`` over every image (read, decode, detect, mask, encode,
+  write), no Prefect.
+- deface CLI: ``deface FOLDER --thresh 0.4 --mask-scale 1.0`` on copies of the images.
+- flow, running server: ``anonymize_dataset`` against a ``prefect server start`` on 127.0.0.1
+  that was started before the clock (its start-up is reported on its own line).
+- flow, embedded server: the same against Prefect's temporary server (``prefect_test_harness``),
+  whose start-up is reported separately as well.
+
+``--memory`` runs the flow (running-server case) over the first 200 images and over 2,000 (the
+folder repeated under other names), and reports each run's peak RSS and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    DEFAULT_DATASET,
+    deface_cli_seconds,
+    image_files,
+    machine_description,
+    median_ms,
+    peak_rss_mb,
+)
+
+BIN = Path(sys.executable).parent
+SERVER_START_TIMEOUT = 120.0
+
+
+# --- the cases, each run in a child process ------------------------------------------------
+
+
+def case_floor(files: list[Path], threads: int | None) -> dict[str, object]:
+    """The bare model: float input built beforehand, ``session.run`` only, one image at a time."""
+    import cv2
+    import onnx
+    import onnxruntime as ort
+
+    from anon_tasks.detector import network_size_wh
+    from anon_tasks.model import load_model_file
+
+    model = onnx.load_model_from_string(load_model_file().content)
+    weights = {init.name for init in model.graph.initializer}
+    image_input = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(image_input)
+    for value in (*model.graph.input, *model.graph.output):
+        for index in (0, 2, 3):
+            value.type.tensor_type.shape.dim[index].dim_param = f"d{index}"
+    del model.graph.value_info[:]
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    name = image_input[0].name
+    seconds = []
+    for index, path in enumerate(files):
+        rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        size = network_size_wh(rgb.shape[1], rgb.shape[0])
+        blob = cv2.dnn.blobFromImage(rgb, 1.0, size, (0, 0, 0), False, False)
+        if index == 0:
+            session.run(None, {name: blob})  # warm-up, not timed
+        started = time.perf_counter()
+        session.run(None, {name: blob})
+        seconds.append(time.perf_counter() - started)
+    return {"seconds": sum(seconds), "median_ms": median_ms(seconds)}
+
+
+def case_library(files: list[Path], source: Path) -> dict[str, object]:
+    from anon_tasks.anonymizer import Anonymizer
+    from anon_tasks.settings import DetectionSettings
+
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    anonymizer.detector.detect(anonymizer.decode(files[0].read_bytes()).frames[0])  # warm-up
+    with tempfile.TemporaryDirectory(prefix="anon-throughput-") as dest:
+        started = time.perf_counter()
+        for path in files:
+            anonymizer.anonymize_file(str(path), str(Path(dest) / path.relative_to(source)))
+        return {"seconds": time.perf_counter() - started}
+
+
+def case_deface(files: list[Path]) -> dict[str, object]:
+    return {"seconds": deface_cli_seconds(files, threshold=0.4, mask_scale=1.0)}
+
+
+def _warm_up_model() -> None:
+    """Build the ONNX session before the clock, as a long-lived worker process has it."""
+    from anon_tasks.detector import CenterFaceDetector
+    from anon_tasks.settings import DetectionSettings
+
+    CenterFaceDetector(DetectionSettings(device="cpu"))
+
+
+def _run_flow(source: Path) -> dict[str, object]:
+    from anon_tasks.flows import anonymize_dataset
+    from anon_tasks.settings import DetectionSettings
+
+    with tempfile.TemporaryDirectory(prefix="anon-throughput-") as dest:
+        started = time.perf_counter()
+        summary = anonymize_dataset(str(source), dest, DetectionSettings(device="cpu"))
+        seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "images": summary.images_total,
+        "inferred": summary.images_inferred,
+        "faces": summary.faces_found,
+    }
+
+
+def case_flow_running_server(source: Path) -> dict[str, object]:
+    """The flow against a server started beforehand, as in a deployment."""
+    with tempfile.TemporaryDirectory(prefix="anon-prefect-home-") as home:
+        started = time.perf_counter()
+        server, api = _start_server(Path(home))
+        startup = time.perf_counter() - started
+        try:
+            import prefect.settings as prefect_settings
+
+            updates = {
+                prefect_settings.PREFECT_API_URL: api,
+                prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+            }
+            with prefect_settings.temporary_settings(updates=updates):
+                _warm_up_model()
+                result = _run_flow(source)
+        finally:
+            _stop(server)
+    return {**result, "prefect_startup_seconds": startup}
+
+
+def case_flow_embedded(source: Path) -> dict[str, object]:
+    """The flow against Prefect's temporary server, started in this process's harness."""
+    import prefect.settings as prefect_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    updates = {prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    started = time.perf_counter()
+    with prefect_settings.temporary_settings(updates=updates), prefect_test_harness():
+        startup = time.perf_counter() - started
+        _warm_up_model()
+        result = _run_flow(source)
+    return {**result, "prefect_startup_seconds": startup}
+
+
+def _start_server(home: Path) -> tuple[subprocess.Popen, str]:
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server, api
+        except OSError:
+            time.sleep(0.2)
+    _stop(server)
+    raise TimeoutError("prefect server did not become healthy")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+
+
+def run_case(case: str, folder: Path, threads: int | None) -> dict[str, object]:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    files = image_files(folder)
+    result = {
+        "floor": lambda: case_floor(files, threads),
+        "library": lambda: case_library(files, folder),
+        "deface": lambda: case_deface(files),
+        "flow": lambda: case_flow_running_server(folder),
+        "flow-embedded": lambda: case_flow_embedded(folder),
+    }[case]()
+    return {**result, "peak_rss_mb": round(peak_rss_mb())}
+
+
+# --- the parent: runs the children and prints the report -----------------------------------
+
+
+def child(case: str, folder: Path, threads: int | None = None) -> dict[str, object]:
+    command = [sys.executable, __file__, str(folder), "--case", case]
+    if threads:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def repeated_dataset(files: list[Path], count: int, into: Path) -> Path:
+    """``count`` images: the folder's files repeated under other names (symbolic links)."""
+    for index in range(count):
+        path = files[index % len(files)]
+        link = into / f"copy{index // len(files):02d}" / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path.resolve())
+    return into
+
+
+def speed_report(folder: Path, skip_deface: bool) -> None:
+    files = image_files(folder)
+    count = len(files)
+    print(f"machine: {machine_description()}")
+    print(f"images : {count} from {folder}")
+    results = {"floor": child("floor", folder)}
+    cores = len(os.sched_getaffinity(0))
+    threads = {n: child("floor", folder, n) for n in range(1, cores + 1)}
+    results["library"] = child("library", folder)
+    if not skip_deface:
+        results["deface"] = child("deface", folder)
+    results["flow"] = child("flow", folder)
+    results["flow-embedded"] = child("flow-embedded", folder)
+
+    def row(label: str, seconds: float, rss: object, note: str = "") -> None:
+        rate = count / seconds
+        print(
+            f"{label:34}{seconds:8.2f} s {1000 * seconds / count:7.1f} ms/img "
+            f"{rate:6.1f} img/s  peak RSS {rss} MB{note}"
+        )
+
+    floor = results["floor"]
+    row(
+        "bare floor (ORT defaults)",
+        floor["seconds"],
+        floor["peak_rss_mb"],
+        f"  median {floor['median_ms']:.1f} ms",
+    )
+    for n, result in threads.items():
+        row(f"  bare floor, {n} intra-op thread(s)", result["seconds"], result["peak_rss_mb"])
+    row("library path (no Prefect)", results["library"]["seconds"], "-")
+    if "deface" in results:
+        row("deface CLI", results["deface"]["seconds"], "-")
+    for key, label in (("flow", "running server"), ("flow-embedded", "embedded server")):
+        result = results[key]
+        row(f"flow, {label}", result["seconds"], result["peak_rss_mb"])
+        print(f"{'':34}Prefect start-up {result['prefect_startup_seconds']:.2f} s (not counted)")
+    base = floor["seconds"]
+    print("ratios:")
+    print(f"  flow (running server) / bare floor : {results['flow']['seconds'] / base:5.2f}x")
+    print(
+        f"  flow (embedded) / bare floor       : {results['flow-embedded']['seconds'] / base:5.2f}x"
+    )
+    print(f"  library path / bare floor          : {results['library']['seconds'] / base:5.2f}x")
+    if "deface" in results:
+        deface = results["deface"]["seconds"]
+        print(f"  deface CLI / flow (running server) : {deface / results['flow']['seconds']:5.2f}x")
+        print(f"  deface CLI / bare floor            : {deface / base:5.2f}x")
+
+
+def memory_report(folder: Path, sizes: list[int]) -> None:
+    files = image_files(folder)
+    print(f"machine: {machine_description()}")
+    with tempfile.TemporaryDirectory(prefix="anon-memory-") as work:
+        for size in sizes:
+            dataset = repeated_dataset(files, size, Path(work) / f"n{size}")
+            result = child("flow", dataset)
+            print(
+                f"flow over {size:5d} images: {result['seconds']:7.1f} s  "
+                f"peak RSS {result['peak_rss_mb']} MB  (inferred {result['inferred']})"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--skip-deface", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="peak RSS over 200 and 2,000")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[200, 2000])
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.folder, args.threads)))
+        return
+    if not image_files(args.folder):
+        raise SystemExit(f"no images under {args.folder}")
+    if args.memory:
+        memory_report(args.folder, args.sizes)
+    else:
+        speed_report(args.folder, args.skip_deface)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The detection pipeline: bounded ordered map, batched detection equal to single images."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from anon_tasks.anonymizer import Anonymizer
+from anon_tasks.codec import decode_image
+from anon_tasks.concurrency import ordered_map
+from anon_tasks.detector import CenterFaceDetector
+from anon_tasks.errors import ImageDecodeError, UnsafePathError
+from anon_tasks.pipeline import detect_images
+from anon_tasks.records import ImageRef
+from anon_tasks.settings import DetectionSettings
+
+# --- ordered_map ------------------------------------------------------------------------------
+
+
+def test_ordered_map_keeps_order_and_bounds_what_is_in_flight() -> None:
+    lock = threading.Lock()
+    running = 0
+    most = 0
+
+    def slow_square(value: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.002 * (value % 3))  # finish out of order
+        with lock:
+            running -= 1
+        return value * value
+
+    started = []
+
+    def source():
+        for value in range(40):
+            started.append(value)
+            yield value
+
+    results = []
+    for result in ordered_map(slow_square, source(), threads=4, ahead=6):
+        results.append(result)
+        # Never more than `ahead` items taken from the source beyond what was consumed.
+        assert len(started) - len(results) <= 6
+    assert results == [v * v for v in range(40)]
+    assert 1 < most <= 4
+
+
+def test_ordered_map_raises_at_the_failing_item_and_stops_early() -> None:
+    def fail_on_three(value: int) -> int:
+        if value == 3:
+            raise ValueError("three")
+        return value
+
+    stream = ordered_map(fail_on_three, range(100), threads=2, ahead=4)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="three"):
+        next(stream)
+
+
+def test_ordered_map_closed_early_takes_no_more_items() -> None:
+    taken = []
+
+    def source():
+        for value in range(1000):
+            taken.append(value)
+            yield value
+
+    stream = ordered_map(lambda v: v, source(), threads=2, ahead=3)
+    assert next(stream) == 0
+    stream.close()
+    assert len(taken) <= 4
+
+
+def test_ordered_map_refuses_nonsense_sizes() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        list(ordered_map(lambda v: v, [1], threads=0, ahead=1))
+
+
+# --- batched detection ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def batching(monkeypatch):
+    """The CPU detector batching like a GPU one (4 same-size images per model run)."""
+    monkeypatch.setattr(CenterFaceDetector, "batch_size", property(lambda self: 4))
+
+
+def _photos(astronaut_rgb: np.ndarray) -> list[np.ndarray]:
+    """Real faces in a few sizes, several images of each size, in mixed order."""
+    photos = []
+    for index in range(9):
+        size = ((512, 512), (640, 480), (480, 700))[index % 3]
+        shifted = np.roll(astronaut_rgb, 40 * index, axis=1)
+        photos.append(cv2.resize(shifted, size, interpolation=cv2.INTER_AREA))
+    return photos
+
+
+def test_batches_give_the_faces_of_single_images(batching, astronaut_rgb) -> None:
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    assert anonymizer.detector.batch_size == 4
+    images = [
+        decode_image(cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes())
+        for p in _photos(astronaut_rgb)
+    ]
+    runs_before = anonymizer.detector.inference_count
+    batched = anonymizer.detect_many(images, score_floor=0.05)
+    single = [anonymizer.detect(image, score_floor=0.05) for image in images]
+    assert anonymizer.detector.inference_count - runs_before == 2 * len(images)
+    assert sum(len(faces) for faces in single) >= len(images)  # a face in every photo
+    for one, other in zip(batched, single, strict=True):
+        assert len(one) == len(other)
+        for a, b in zip(one, other, strict=True):
+            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb, tmp_path) -> None:
+    photos = _photos(astronaut_rgb)
+    refs = []
+    for index, photo in enumerate(photos):
+        name = f"p{index}.jpg"
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        refs.append(ImageRef(relative_path=name, size_bytes=1, fingerprint=str(index)))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    refs.insert(3, ImageRef(relative_path="broken.jpg", size_bytes=12, fingerprint="b"))
+    refs.insert(5, ImageRef(relative_path="gone.jpg", size_bytes=1, fingerprint="g"))
+    refs.insert(7, ImageRef(relative_path="../escape.jpg", size_bytes=1, fingerprint="e"))
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+
+    results = list(detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4))
+
+    assert [fetched.image for fetched, _ in results] == refs
+    outcomes = {fetched.image.relative_path: outcome for fetched, outcome in results}
+    assert isinstance(outcomes["broken.jpg"], ImageDecodeError)
+    assert isinstance(outcomes["gone.jpg"], FileNotFoundError)
+    assert isinstance(outcomes["../escape.jpg"], UnsafePathError)
+    for fetched, outcome in results:
+        if fetched.image.relative_path.startswith("p"):
+            assert fetched.was_read
+            expected = anonymizer.detect(fetched.decoded, score_floor=0.4)
+            assert len(outcome) == len(expected) >= 1
+            for a, b in zip(outcome, expected, strict=True):
+                np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
