@@ -146,6 +146,8 @@ class DecodedImage:
         loop: Animation loop count (0: forever); None when the source has none.
         lossless: The source was lossless WebP, so the output is too.
         progressive: The source was a progressive JPEG, so the output is too.
+        jpeg_subsampling: The source JPEG's chroma subsampling as Pillow numbers it (0: 4:4:4,
+            1: 4:2:2, 2: 4:2:0), kept in the output; None when not a JPEG or unknown.
     """
 
     frames: tuple[np.ndarray, ...]
@@ -156,6 +158,7 @@ class DecodedImage:
     loop: int | None = None
     lossless: bool = False
     progressive: bool = False
+    jpeg_subsampling: int | None = None
 
     def __post_init__(self) -> None:
         frames = tuple(self.frames)
@@ -359,6 +362,7 @@ def _decode(data: bytes, source: str, max_pixels: int) -> DecodedImage:
         exif = _source_exif(im)
         loop = im.info.get("loop")
         progressive = bool(im.info.get("progressive"))
+        subsampling = _jpeg_subsampling(im) if fmt in ("JPEG", "MPO") else None
         durations: tuple[int, ...] = ()
         if _is_high_bit_colour(im, data):
             frames = _high_bit_frames(im, data, n_frames, source)
@@ -375,7 +379,16 @@ def _decode(data: bytes, source: str, max_pixels: int) -> DecodedImage:
         loop=loop if durations and isinstance(loop, int) else None,
         lossless=fmt == "WEBP" and _webp_is_lossless(data),
         progressive=fmt == "JPEG" and progressive,
+        jpeg_subsampling=subsampling,
     )
+
+
+def _jpeg_subsampling(im: Image.Image) -> int | None:
+    """Pillow's number for a JPEG's chroma subsampling (0, 1 or 2), or None (gray, CMYK, odd)."""
+    from PIL import JpegImagePlugin
+
+    sampling = JpegImagePlugin.get_sampling(im)
+    return sampling if sampling in (0, 1, 2) else None
 
 
 def _check_pixel_budget(im: Image.Image, max_pixels: int, source: str) -> int:
@@ -686,10 +699,15 @@ def _save(frames: Sequence[Image.Image], fmt: str, **options: Any) -> bytes:
 
 def _jpeg_options(image: DecodedImage, settings: OutputSettings) -> dict[str, Any]:
     quality = settings.jpeg_quality
-    # Full-resolution chroma at high quality: 4:2:0 would smear the coloured edges of masks.
+    # A JPEG source keeps its chroma subsampling (re-encoding 4:2:0 chroma at full resolution
+    # adds bytes and encoding time, not detail); other sources get full-resolution chroma at
+    # high quality, where 4:2:0 would smear the coloured edges of masks.
+    subsampling = image.jpeg_subsampling
+    if subsampling is None:
+        subsampling = 0 if quality >= 90 else 2
     return {
         "quality": quality,
-        "subsampling": 0 if quality >= 90 else 2,
+        "subsampling": subsampling,
         "optimize": True,
         "progressive": image.progressive,
     }

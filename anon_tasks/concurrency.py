@@ -31,8 +31,9 @@ def available_cores() -> int:
 
 
 def pipeline_threads() -> int:
-    """Threads for one CPU stage (decode, or mask and encode): the usable cores, 2 to 8."""
-    return max(2, min(MAX_STAGE_THREADS, available_cores()))
+    """Threads for one CPU stage (decode, or mask and encode): half the usable cores, 1 to 8
+    (the other half runs inference, or feeds the GPU)."""
+    return max(1, min(MAX_STAGE_THREADS, available_cores() // 2))
 
 
 def ordered_map(

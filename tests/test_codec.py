@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import resource
@@ -770,7 +771,7 @@ def test_to_detector_rgb_is_identity_on_uint8_rgb(astronaut_rgb: np.ndarray) -> 
         assert rgb.dtype == np.uint8
         assert rgb.flags.c_contiguous
     # A contiguous uint8 RGB frame is passed as it is; a strided view is copied.
-    assert to_detector_rgb(astronaut_rgb) is astronaut_rgb
+    assert np.shares_memory(to_detector_rgb(astronaut_rgb), astronaut_rgb)
     assert not np.shares_memory(to_detector_rgb(astronaut_rgb[:, ::-1]), astronaut_rgb)
 
 
@@ -861,3 +862,28 @@ def test_encoder_failure_is_an_encode_error() -> None:
     with pytest.raises(ImageEncodeError, match=r"wide\.jpg") as caught:
         encode_image(still(too_wide_for_jpeg, "JPEG"), settings=DEFAULT, source="wide.jpg")
     assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(("source_subsampling", "expected"), [(0, 0), (1, 1), (2, 2)])
+def test_jpeg_output_keeps_the_sources_chroma_subsampling(
+    astronaut_rgb: np.ndarray, source_subsampling: int, expected: int
+) -> None:
+    from PIL import JpegImagePlugin
+
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut_rgb).save(buffer, "JPEG", quality=95, subsampling=source_subsampling)
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.jpeg_subsampling == expected
+    with Image.open(io.BytesIO(encode_image(decoded, settings=OutputSettings()))) as written:
+        assert JpegImagePlugin.get_sampling(written) == expected
+
+
+def test_jpeg_output_of_a_png_source_has_full_resolution_chroma(astronaut_rgb) -> None:
+    from PIL import JpegImagePlugin
+
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut_rgb).save(buffer, "PNG")
+    decoded = dataclasses.replace(decode_image(buffer.getvalue()), format="JPEG")
+    assert decoded.jpeg_subsampling is None
+    with Image.open(io.BytesIO(encode_image(decoded, settings=OutputSettings()))) as written:
+        assert JpegImagePlugin.get_sampling(written) == 0
