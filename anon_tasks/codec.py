@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import struct
@@ -126,10 +127,14 @@ _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 #: PNG colour type per channel count (gray, gray+alpha, RGB, RGBA).
 _PNG_COLOUR_TYPES: Final[dict[int, int]] = {1: 0, 2: 4, 3: 2, 4: 6}
 
-# Serialises this module's use of Pillow's process-wide switches (pixel limit, truncated-image
-# loading, warning filters): they are globals, and two threads restoring them out of order
-# would leave them changed.
-_PILLOW_LOCK = threading.Lock()
+# Pillow's pixel limit, truncated-image loading and the warning filters are process-wide. The
+# first thread into ``_pillow_guard`` sets them, the last one out restores them, so decoding and
+# encoding run in parallel threads (Pillow releases the GIL while it decodes) and the switches
+# are never left changed.
+_GUARD_LOCK = threading.Lock()
+_guard_holders = 0
+_guard_saved: tuple[contextlib.AbstractContextManager[Any], Any, bool] | None = None
+_guard_thread = threading.local()
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,21 +338,55 @@ def _log_warnings(caught: Sequence[warnings.WarningMessage], source: str) -> Non
 
 @contextlib.contextmanager
 def _pillow_guard() -> Iterator[list[warnings.WarningMessage]]:
-    """Lift Pillow's pixel limit, forbid truncated loading and record warnings, then restore."""
-    with _PILLOW_LOCK, warnings.catch_warnings(record=True) as caught:
-        # Recorded warnings are logged by the caller; "always" keeps repeats from being lost.
-        warnings.simplefilter("always")
-        previous_limit = Image.MAX_IMAGE_PIXELS
-        previous_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-        # Our own max_pixels check replaces Pillow's, which would refuse or warn at its own
-        # fixed limit; truncated files must fail rather than come out half grey.
-        Image.MAX_IMAGE_PIXELS = None
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            yield caught
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous_limit
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous_truncated
+    """Lift Pillow's pixel limit, forbid truncated loading and record this thread's warnings;
+    the switches are restored when the last thread inside leaves."""
+    global _guard_holders, _guard_saved
+    with _GUARD_LOCK:
+        if _guard_holders == 0:
+            filters = warnings.catch_warnings()
+            filters.__enter__()
+            # Recorded warnings are logged by the caller; "always" keeps repeats from being lost.
+            warnings.simplefilter("always")
+            original_show = warnings.showwarning
+            warnings.showwarning = functools.partial(_route_warning, original_show)
+            _guard_saved = (filters, Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+            # Our own max_pixels check replaces Pillow's, which would refuse or warn at its own
+            # fixed limit; truncated files must fail rather than come out half grey.
+            Image.MAX_IMAGE_PIXELS = None
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _guard_holders += 1
+    caught: list[warnings.WarningMessage] = []
+    outer = getattr(_guard_thread, "caught", None)
+    _guard_thread.caught = caught
+    try:
+        yield caught
+    finally:
+        _guard_thread.caught = outer
+        with _GUARD_LOCK:
+            _guard_holders -= 1
+            if _guard_holders == 0 and _guard_saved is not None:
+                filters, limit, truncated = _guard_saved
+                _guard_saved = None
+                Image.MAX_IMAGE_PIXELS = limit
+                ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+                filters.__exit__(None, None, None)
+
+
+def _route_warning(
+    original: Callable[..., None],
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Keep a warning for the guarded thread that raised it; others go where they went."""
+    caught = getattr(_guard_thread, "caught", None)
+    if caught is None:
+        original(message, category, filename, lineno, file, line)
+        return
+    caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -713,9 +752,64 @@ def _jpeg_options(image: DecodedImage, settings: OutputSettings) -> dict[str, An
     }
 
 
+#: OpenCV's chroma sampling settings by Pillow's subsampling number.
+_CV2_SAMPLING: Final[dict[int, int]] = {
+    0: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    1: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+    2: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+}
+#: Largest payload of one JPEG marker segment (its 16-bit length counts itself).
+_SEGMENT_MAX: Final = 0xFFFF - 2
+_ICC_HEADER: Final = b"ICC_PROFILE\x00"
+_EXIF_HEADER: Final = b"Exif\x00\x00"
+
+
 def _encode_jpeg(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:
-    options = _jpeg_options(image, settings) | _metadata_options(image, exif)
-    return _save(_pil_frames(image)[:1], "JPEG", **options)
+    """JPEG through libjpeg in OpenCV, which releases the GIL (Pillow's JPEG encoder holds it,
+    so encoding would not scale over threads), with the same settings Pillow would use; the
+    ICC profile and EXIF go in as APP2 and APP1 segments."""
+    options = _jpeg_options(image, settings)
+    frame = image.frames[0]
+    pixels = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    params = [
+        cv2.IMWRITE_JPEG_QUALITY,
+        options["quality"],
+        cv2.IMWRITE_JPEG_OPTIMIZE,
+        int(options["optimize"]),
+        cv2.IMWRITE_JPEG_PROGRESSIVE,
+        int(options["progressive"]),
+    ]
+    if frame.ndim == 3:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _CV2_SAMPLING[options["subsampling"]]]
+    ok, encoded = cv2.imencode(".jpg", pixels, params)
+    if not ok:
+        raise OSError("libjpeg refused the frame")
+    return _with_app_segments(encoded.tobytes(), exif=exif, icc_profile=image.icc_profile)
+
+
+def _with_app_segments(jpeg: bytes, *, exif: bytes | None, icc_profile: bytes | None) -> bytes:
+    """``jpeg`` with an EXIF (APP1) and an ICC profile (APP2, split as the ICC spec says)
+    segment inserted after the JFIF header, where Pillow and cameras put them."""
+    segments = []
+    if exif:
+        payload = exif if exif.startswith(_EXIF_HEADER) else _EXIF_HEADER + exif
+        if len(payload) > _SEGMENT_MAX:
+            raise ValueError("EXIF data is too long for one APP1 segment")
+        segments.append(b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload)
+    if icc_profile:
+        room = _SEGMENT_MAX - len(_ICC_HEADER) - 2
+        chunks = [icc_profile[i : i + room] for i in range(0, len(icc_profile), room)]
+        if len(chunks) > 255:
+            raise ValueError("ICC profile is too large for JPEG")
+        for number, chunk in enumerate(chunks, start=1):
+            payload = _ICC_HEADER + bytes((number, len(chunks))) + chunk
+            segments.append(b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload)
+    if not segments:
+        return jpeg
+    position = 2  # after SOI
+    if jpeg[2:4] == b"\xff\xe0":  # after the JFIF APP0 segment
+        position = 4 + struct.unpack(">H", jpeg[4:6])[0]
+    return jpeg[:position] + b"".join(segments) + jpeg[position:]
 
 
 def _encode_mpo(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:

@@ -212,6 +212,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2048, help="end-to-end dataset size")
     parser.add_argument("--work", type=Path, default=Path("/tmp/anon-gpu-check"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--sections",
+        default="compare,model,model-only,end-to-end",
+        help="comma-separated subset of compare, model, model-only, end-to-end",
+    )
+    parser.add_argument("--batches", default="1,8,16,32", help="end-to-end batch sizes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import onnxruntime
@@ -233,23 +239,26 @@ def main() -> int:
     providers = gpu._session.session.get_providers()
     report["session_providers"] = providers
     print(f"session providers: {providers}")
+    sections = set(args.sections.split(","))
     report["cpu_vs_gpu"] = compare(cpu, gpu)
     print(f"cpu vs gpu: {report['cpu_vs_gpu']}")
     save()
-    print("model throughput (resize and stack, inference, decode):")
-    report["model"] = model_throughput(gpu, args.seconds)
-    save()
-    if providers[0] == "CUDAExecutionProvider":
+    if "model" in sections:
+        print("model throughput (resize and stack, inference, decode):")
+        report["model"] = model_throughput(gpu, args.seconds)
+        save()
+    if "model-only" in sections and providers[0] == "CUDAExecutionProvider":
         try:
             report["model_only"] = model_only(gpu, args.seconds / 2)
         except Exception as exc:  # a figure missing must not lose the others
             logger.exception("model-only timing failed")
             report["model_only"] = f"failed: {exc!r}"
         save()
-    for label, shapes in (("1024x768", [(1024, 768)]), ("dev_shapes", DEV_SHAPES)):
+    end_to_end_shapes = (("1024x768", [(1024, 768)]), ("dev_shapes", DEV_SHAPES))
+    for label, shapes in end_to_end_shapes if "end-to-end" in sections else ():
         source = args.work / f"src-{label}"
         names = write_dataset(source, args.images, shapes)
-        for batch in (1, 8, 16, 32):
+        for batch in (int(b) for b in args.batches.split(",")):
             detector_module.CUDA_BATCH_SIZE = batch
             dest = args.work / f"out-{label}-{batch}"
             dest.mkdir(parents=True, exist_ok=True)

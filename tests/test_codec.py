@@ -887,3 +887,22 @@ def test_jpeg_output_of_a_png_source_has_full_resolution_chroma(astronaut_rgb) -
     assert decoded.jpeg_subsampling is None
     with Image.open(io.BytesIO(encode_image(decoded, settings=OutputSettings()))) as written:
         assert JpegImagePlugin.get_sampling(written) == 0
+
+
+def test_jpeg_carries_a_large_icc_profile_and_exif_in_segments(astronaut_rgb) -> None:
+    """Profiles over one segment's 64 KiB are split and numbered as the ICC spec says."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    big_profile = srgb + bytes(150_000)  # padding after the profile's own data
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    image = DecodedImage(
+        frames=(astronaut_rgb,), format="JPEG", icc_profile=big_profile, exif=exif.tobytes()
+    )
+    encoded = encode_image(image, settings=OutputSettings(keep_metadata=True))
+    assert encoded.count(b"ICC_PROFILE\x00") == 3
+    with Image.open(io.BytesIO(encoded)) as written:
+        assert written.info["icc_profile"] == big_profile
+        assert written.getexif()[0x010F] == "CameraMaker"
+        assert mean_abs_diff(np.asarray(written), astronaut_rgb) < 3.0
