@@ -191,7 +191,7 @@ TILE_OVERLAP_PX = 128
 
 
 #: Same-size images per model run on CUDA (see docs/benchmarks.md for the measurement).
-CUDA_BATCH_SIZE = 16
+CUDA_BATCH_SIZE = 8
 #: CPU runs above this many input pixels use every core and run alone; smaller ones run side
 #: by side, one single-threaded run per core (one CPU run holds about 190 MB per megapixel).
 PARALLEL_MAX_PIXELS = 2_500_000

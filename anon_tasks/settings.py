@@ -87,7 +87,8 @@ class DetectionSettings(_Settings):
         default=None,
         ge=1,
         le=256,
-        description="ONNX Runtime intra-op threads on CPU. Empty: one per available core.",
+        description="ONNX Runtime threads per model run. Empty: on a CPU, single-threaded runs "
+        "on several images at once, one per core (images above 2.5 MP run alone on every core).",
     )
 
     @field_validator("device")

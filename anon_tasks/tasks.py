@@ -241,6 +241,9 @@ def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetecti
     name="detect-faces",
     cache_key_fn=_shard_cache_key,
     persist_result=True,
+    # Prefect would also keep the last 1,000 records it wrote in memory (its result store's
+    # LRU cache): with a record per image that grows with the dataset. They live in storage.
+    cache_result_in_memory=False,
     retries=2,
     retry_delay_seconds=[2, 10],
 )

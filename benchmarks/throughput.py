@@ -59,27 +59,19 @@ SERVER_START_TIMEOUT = 120.0
 
 def _bare_session(threads: int | None) -> tuple[object, str]:
     """The shipped model with its weights moved out of the graph inputs (float NCHW input)."""
-    import onnx
     import onnxruntime as ort
 
-    from anon_tasks.model import load_model_file
+    from anon_tasks.model import load_model_file, without_weight_inputs
 
-    model = onnx.load_model_from_string(load_model_file().content)
-    weights = {init.name for init in model.graph.initializer}
-    image_input = [i for i in model.graph.input if i.name not in weights]
-    del model.graph.input[:]
-    model.graph.input.extend(image_input)
-    for value in (*model.graph.input, *model.graph.output):
-        for index in (0, 2, 3):
-            value.type.tensor_type.shape.dim[index].dim_param = f"d{index}"
-    del model.graph.value_info[:]
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(
-        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        without_weight_inputs(load_model_file().content),
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
     )
-    return session, image_input[0].name
+    return session, session.get_inputs()[0].name
 
 
 def _blob(path: Path):
@@ -273,12 +265,15 @@ def child(case: str, folder: Path, threads: int | None = None) -> dict[str, obje
 
 
 def repeated_dataset(files: list[Path], count: int, into: Path) -> Path:
-    """``count`` images: the folder's files repeated under other names (symbolic links)."""
+    """``count`` images: the folder's files repeated under other names (copies: the dataset
+    listing does not follow symbolic links)."""
+    import shutil
+
     for index in range(count):
         path = files[index % len(files)]
-        link = into / f"copy{index // len(files):02d}" / path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(path.resolve())
+        copy = into / f"copy{index // len(files):02d}" / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
     return into
 
 

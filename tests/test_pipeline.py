@@ -148,3 +148,32 @@ def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb
             assert len(outcome) == len(expected) >= 1
             for a, b in zip(outcome, expected, strict=True):
                 np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+
+
+_HEAP_PROBE = """
+import sys
+import numpy as np
+from anon_tasks.memory import limit_heap_growth
+if sys.argv[1] == "limited":
+    assert limit_heap_growth() and limit_heap_growth()
+for _ in range(3):
+    freed = np.empty(4 * 1024 * 1024, np.uint8)
+    del freed
+print(np.empty(2 * 1024 * 1024, np.uint8).ctypes.data % 4096)
+"""
+
+
+def test_heap_growth_limit_keeps_image_sized_buffers_on_their_own_mappings() -> None:
+    """glibc raises its mmap threshold past 4 MB once such a buffer is freed and serves the
+    next 2 MB buffer from a heap; fixed at 1 MiB, that buffer still has its own mapping
+    (glibc's mapped chunks start 16 bytes into a page). Fresh processes: a heap's history
+    decides where a buffer lands."""
+    import subprocess
+    import sys
+
+    def offset(mode: str) -> int:
+        probe = [sys.executable, "-c", _HEAP_PROBE, mode]
+        return int(subprocess.run(probe, check=True, capture_output=True, text=True).stdout)
+
+    assert offset("limited") == 16
+    assert offset("default") != 16
