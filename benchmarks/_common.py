@@ -48,21 +48,49 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
 
 
-def bare_inference_seconds(files: list[Path], threads: int | None = None) -> list[float]:
-    """Per-image time of the rewritten model's ``session.run`` alone (decode not counted)."""
-    from anon_tasks.detector import network_size_wh
-    from anon_tasks.model import load_model_file
-    from anon_tasks.runtime import DeviceSpec, get_session
+def bare_session(threads: int | None = None):
+    """The shipped model with its weights moved out of the graph inputs (float NCHW input),
+    in a session with ONNX Runtime's default options (``threads`` intra-op threads if given).
 
-    session = get_session(load_model_file(), DeviceSpec("cpu"), intra_op_threads=threads)
+    Returns:
+        The session and its input's name.
+    """
+    import onnxruntime as ort
+
+    from anon_tasks.model import load_model_file, without_weight_inputs
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the shipped file has unused initializers
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        without_weight_inputs(load_model_file().content),
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
+    )
+    return session, session.get_inputs()[0].name
+
+
+def reference_blob(path: Path) -> np.ndarray:
+    """The float NCHW input the reference builds for an image file (``cv2.dnn.blobFromImage``)."""
+    from anon_tasks.detector import network_size_wh
+
+    rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    size = network_size_wh(rgb.shape[1], rgb.shape[0])
+    return cv2.dnn.blobFromImage(rgb, 1.0, size, (0, 0, 0), False, False)
+
+
+def bare_inference_seconds(files: list[Path], threads: int | None = None) -> list[float]:
+    """Per-image time of the bare model's ``session.run`` alone, one image at a time (input
+    built beforehand, first run a warm-up)."""
+    session, name = bare_session(threads)
     times = []
-    for path in files:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        width, height = network_size_wh(rgb.shape[1], rgb.shape[0])
-        blob = cv2.dnn.blobFromImage(rgb, 1.0, (width, height), (0, 0, 0), False, False)
+    for index, path in enumerate(files):
+        blob = reference_blob(path)
+        if index == 0:
+            session.run(None, {name: blob})
         started = time.perf_counter()
-        session.session.run(list(session.output_names), {session.input_name: blob})
+        session.run(None, {name: blob})
         times.append(time.perf_counter() - started)
     return times
 

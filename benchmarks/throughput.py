@@ -43,11 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_DATASET,
+    bare_inference_seconds,
+    bare_session,
     deface_cli_seconds,
     image_files,
     machine_description,
     median_ms,
     peak_rss_mb,
+    reference_blob,
 )
 
 BIN = Path(sys.executable).parent
@@ -57,44 +60,9 @@ SERVER_START_TIMEOUT = 120.0
 # --- the cases, each run in a child process ------------------------------------------------
 
 
-def _bare_session(threads: int | None) -> tuple[object, str]:
-    """The shipped model with its weights moved out of the graph inputs (float NCHW input)."""
-    import onnxruntime as ort
-
-    from anon_tasks.model import load_model_file, without_weight_inputs
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        without_weight_inputs(load_model_file().content),
-        sess_options=options,
-        providers=["CPUExecutionProvider"],
-    )
-    return session, session.get_inputs()[0].name
-
-
-def _blob(path: Path):
-    import cv2
-
-    from anon_tasks.detector import network_size_wh
-
-    rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    size = network_size_wh(rgb.shape[1], rgb.shape[0])
-    return cv2.dnn.blobFromImage(rgb, 1.0, size, (0, 0, 0), False, False)
-
-
 def case_floor(files: list[Path], threads: int | None) -> dict[str, object]:
     """The bare model: float input built beforehand, ``session.run`` only, one image at a time."""
-    session, name = _bare_session(threads)
-    seconds = []
-    for index, path in enumerate(files):
-        blob = _blob(path)
-        if index == 0:
-            session.run(None, {name: blob})  # warm-up, not timed
-        started = time.perf_counter()
-        session.run(None, {name: blob})
-        seconds.append(time.perf_counter() - started)
+    seconds = bare_inference_seconds(files, threads)
     return {"seconds": sum(seconds), "median_ms": median_ms(seconds)}
 
 
@@ -104,8 +72,8 @@ def case_floor_side_by_side(files: list[Path]) -> dict[str, object]:
 
     from anon_tasks.concurrency import available_cores
 
-    session, name = _bare_session(1)
-    blobs = [_blob(path) for path in files]
+    session, name = bare_session(1)
+    blobs = [reference_blob(path) for path in files]
     session.run(None, {name: blobs[0]})  # warm-up, not timed
     with ThreadPoolExecutor(available_cores()) as pool:
         started = time.perf_counter()
