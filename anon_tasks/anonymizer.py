@@ -15,9 +15,9 @@ import numpy as np
 from anon_tasks.codec import DecodedImage, decode_image, encode_image, to_detector_rgb, with_frames
 from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import (
-    BALANCED_PIXEL_BUDGET,
     SCORE_FLOOR,
     CenterFaceDetector,
+    fits_one_pass,
     network_size_wh,
 )
 from anon_tasks.masking import mask_faces
@@ -116,7 +116,7 @@ class Anonymizer:
                 batch_size > 1
                 and len(image.frames) == 1
                 and self.detection.quality is Quality.BALANCED
-                and height * width <= BALANCED_PIXEL_BUDGET
+                and fits_one_pass(height, width)
             ):
                 size = network_size_wh(width, height)
                 groups.setdefault(size, []).append((index, to_detector_rgb(frame)))

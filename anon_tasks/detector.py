@@ -40,6 +40,7 @@ __all__ = [
     "CenterFaceDetector",
     "FaceArrays",
     "detection_floor",
+    "fits_one_pass",
     "nms_xyxy",
     "side_by_side_runs",
 ]
@@ -188,6 +189,17 @@ FAST_MAX_SIDE = 1024
 #: Tile side and overlap in pixels of the (resized) network input.
 TILE_SIDE_PX = 1024
 TILE_OVERLAP_PX = 128
+
+
+def fits_one_pass(height: int, width: int) -> bool:
+    """Whether an image is run whole at full resolution (at most ``BALANCED_PIXEL_BUDGET``
+    pixels), as the reference does; larger ones are tiled with an overview pass."""
+    return height * width <= BALANCED_PIXEL_BUDGET
+
+
+def _overview_scale(height: int, width: int, largest: float) -> float:
+    """The scale, at most ``largest``, that brings an image within ``OVERVIEW_PIXEL_BUDGET``."""
+    return min(largest, math.sqrt(OVERVIEW_PIXEL_BUDGET / (height * width)))
 
 
 #: Same-size images per model run on CUDA (see docs/benchmarks.md for the measurement).
@@ -429,7 +441,7 @@ class CenterFaceDetector:
             return self._detect_scaled(rgb, scale, score_floor)
         full = (
             self.detect(rgb, score_floor=score_floor)
-            if height * width <= BALANCED_PIXEL_BUDGET
+            if fits_one_pass(height, width)
             else merge_detections(
                 [self._detect_tiles(rgb, 1.0, score_floor), self._detect_overview(rgb, score_floor)]
             )
@@ -445,10 +457,10 @@ class CenterFaceDetector:
         parts = [full, _penalised(upscaled)]
         # Half size, or smaller where that would exceed the overview's budget; above the
         # balanced budget the overview pass is already among the parts.
-        if min(height, width) >= 4 * _SIDE_MULTIPLE and height * width <= BALANCED_PIXEL_BUDGET:
-            half = min(0.5, math.sqrt(OVERVIEW_PIXEL_BUDGET / (height * width)))
+        if min(height, width) >= 4 * _SIDE_MULTIPLE and fits_one_pass(height, width):
+            half = _overview_scale(height, width, largest=0.5)
             parts.append(self._detect_scaled(rgb, half, score_floor))
-        if height * width <= BALANCED_PIXEL_BUDGET:
+        if fits_one_pass(height, width):
             mirrored = self.detect(
                 np.ascontiguousarray(rgb[:, ::-1]), score_floor=score_floor + EXTRA_PASS_PENALTY
             )
@@ -470,8 +482,7 @@ class CenterFaceDetector:
     def _detect_overview(self, rgb: np.ndarray, score_floor: float) -> FaceArrays:
         """The whole image scaled down to ``OVERVIEW_PIXEL_BUDGET`` pixels."""
         height, width = rgb.shape[:2]
-        scale = min(1.0, math.sqrt(OVERVIEW_PIXEL_BUDGET / (height * width)))
-        return self._detect_scaled(rgb, scale, score_floor)
+        return self._detect_scaled(rgb, _overview_scale(height, width, largest=1.0), score_floor)
 
     def _detect_tiles(self, rgb: np.ndarray, scale: float, score_floor: float) -> FaceArrays:
         """Overlapping tiles, each resized by ``scale``; memory bounded by the tile size."""
