@@ -96,33 +96,42 @@ class Anonymizer:
             faces.extend(found.above(floor).to_faces(frame=index))
         return tuple(faces)
 
+    def batch_key(self, image: DecodedImage) -> tuple[int, int] | None:
+        """The network input size ``image`` is batched under, or None when it runs alone.
+
+        Where the device gains from batches (CUDA), a single-frame image that balanced mode
+        runs in one pass is batched with others of the same network input size.
+        """
+        if (
+            self.detector.batch_size == 1
+            or len(image.frames) != 1
+            or self.detection.quality is not Quality.BALANCED
+        ):
+            return None
+        height, width = image.frames[0].shape[:2]
+        if not fits_one_pass(height, width):
+            return None
+        return network_size_wh(width, height)
+
     def detect_many(
         self, images: Sequence[DecodedImage], *, score_floor: float | None = None
     ) -> list[tuple[Face, ...]]:
         """Faces of several images, as :meth:`detect` gives them for each one.
 
-        Where the device gains from batches (CUDA), single-frame images that balanced mode
-        runs in one pass are grouped by network input size and run together, up to the
-        detector's batch size; boxes are the same as image by image.
+        Images with the same :meth:`batch_key` run together, up to the detector's batch size
+        for their size; boxes are the same as image by image.
         """
         floor = self.detection.threshold if score_floor is None else score_floor
         results: list[tuple[Face, ...] | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-        batch_size = self.detector.batch_size
         for index, image in enumerate(images):
-            frame = image.frames[0]
-            height, width = frame.shape[:2]
-            if (
-                batch_size > 1
-                and len(image.frames) == 1
-                and self.detection.quality is Quality.BALANCED
-                and fits_one_pass(height, width)
-            ):
-                size = network_size_wh(width, height)
-                groups.setdefault(size, []).append((index, to_detector_rgb(frame)))
-            else:
+            key = self.batch_key(image)
+            if key is None:
                 results[index] = self.detect(image, score_floor=floor)
-        for members in groups.values():
+            else:
+                groups.setdefault(key, []).append((index, to_detector_rgb(image.frames[0])))
+        for key, members in groups.items():
+            batch_size = self.detector.batch_size_for(key)
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
                 found = self.detector.detect_batch(

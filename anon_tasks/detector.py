@@ -204,6 +204,9 @@ def _overview_scale(height: int, width: int, largest: float) -> float:
 
 #: Same-size images per model run on CUDA (see docs/benchmarks.md for the measurement).
 CUDA_BATCH_SIZE = 8
+#: Most network-input pixels in one CUDA run: eight 1024x1536 inputs; larger images get smaller
+#: batches, down to one image (a run holds GPU memory in proportion to its pixels).
+CUDA_BATCH_PIXELS = 13_000_000
 #: CPU runs above this many input pixels use every core and run alone; smaller ones run side
 #: by side, one single-threaded run per core (one CPU run holds about 190 MB per megapixel).
 PARALLEL_MAX_PIXELS = 2_500_000
@@ -301,15 +304,20 @@ def side_by_side_runs() -> Iterator[None]:
         _thread_state.side_by_side = before
 
 
-def network_batch(images: list[np.ndarray], size_wh: tuple[int, int]) -> np.ndarray:
+def network_batch(
+    images: list[np.ndarray], size_wh: tuple[int, int], *, rows: int | None = None
+) -> np.ndarray:
     """The model's input: the images resized to the network size, as one uint8 NHWC batch.
 
     The resize is the reference's (``cv2.dnn.blobFromImage``: bilinear on the uint8 pixels, no
     crop) and the model converts to float inside its graph, so the network sees exactly the
-    reference's tensor while only a quarter of its bytes are built and copied.
+    reference's tensor while only a quarter of its bytes are built and copied. ``rows`` pads
+    the batch with black images up to that many (their outputs are ignored).
     """
     width, height = size_wh
-    batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
+    rows = len(images) if rows is None else max(rows, len(images))
+    batch = np.empty((rows, height, width, 3), dtype=np.uint8)
+    batch[len(images) :] = 0
     for index, rgb in enumerate(images):
         if rgb.shape[:2] == (height, width):
             batch[index] = rgb
@@ -376,6 +384,12 @@ class CenterFaceDetector:
         (where a batch runs no faster per image than single images)."""
         return CUDA_BATCH_SIZE if self._session.provider == CUDA_PROVIDER else 1
 
+    def batch_size_for(self, network_wh: tuple[int, int]) -> int:
+        """Images per model run for inputs of ``network_wh`` pixels: :attr:`batch_size`, less
+        where the batch would exceed ``CUDA_BATCH_PIXELS``."""
+        width, height = network_wh
+        return max(1, min(self.batch_size, CUDA_BATCH_PIXELS // (width * height)))
+
     def detect(self, rgb: np.ndarray, *, score_floor: float = SCORE_FLOOR) -> FaceArrays:
         """All faces scoring above ``score_floor``, in ``rgb``'s pixel coordinates.
 
@@ -391,6 +405,10 @@ class CenterFaceDetector:
         """Detect faces in images of one shape with one model run (faster on GPUs).
 
         Each image is preprocessed exactly as alone, so the boxes are those of :meth:`detect`.
+        Where batches pay (CUDA), fewer images than :meth:`batch_size_for` their size are padded
+        with blank ones up to it: every run of one image size then has one input shape, and
+        CUDA plans its kernels once per shape (about 2 s each on an H200; see
+        docs/benchmarks.md), not once per size and count.
 
         Args:
             images: Upright uint8 HxWx3 RGB images, all of the same height and width.
@@ -407,8 +425,11 @@ class CenterFaceDetector:
         if height == 0 or width == 0:
             raise ImageError("image has no pixels")
         net_w, net_h = network_size_wh(width, height)
-        session = self._session_for(net_w * net_h * len(images))
-        outputs = session.run(network_batch(images, (net_w, net_h)))
+        rows = len(images)
+        if self.batch_size > 1:
+            rows = max(rows, self.batch_size_for((net_w, net_h)))
+        session = self._session_for(net_w * net_h * rows)
+        outputs = session.run(network_batch(images, (net_w, net_h), rows=rows))
         self.inference_count += len(images)
         scale_xy = np.array([net_w / width, net_h / height], dtype=np.float32)
         results = []

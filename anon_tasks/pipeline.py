@@ -3,8 +3,10 @@
 On the CPU, one thread per core reads, decodes and detects one image at a time with a
 single-threaded model run: images run side by side (the GIL is released in Pillow and ONNX
 Runtime). On CUDA, reads and decodes run on ``pipeline_threads()`` threads ahead of the model,
-which runs in the caller's thread on batches of same-size images. Either way at most a few
-images are in flight: memory is bounded by the look-ahead, not by the number of images.
+which runs in the caller's thread on full batches of one image size: images wait (up to
+``BATCH_WINDOW_BATCHES`` batches of them) for others of their size, since every new input shape
+costs CUDA seconds of planning. Either way at most a few images are in flight: memory is bounded
+by the look-ahead and the window, not by the number of images.
 
 ``detect_faces`` (the Prefect task) wraps :func:`detect_images`; the GPU benchmark calls it
 directly.
@@ -107,19 +109,59 @@ def detect_images(
         threads=threads,
         ahead=max(2 * threads, 2 * batch),
     )
-    for chunk in _chunks(stream, batch):
-        yield from zip(chunk, _detect_chunk(anonymizer, chunk, score_floor), strict=True)
+    yield from _same_size_batches(
+        anonymizer, stream, score_floor, window=BATCH_WINDOW_BATCHES * batch
+    )
 
 
-def _chunks(items: Iterator[FetchedImage], size: int) -> Iterator[list[FetchedImage]]:
-    chunk: list[FetchedImage] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+#: Images held back to fill same-size batches, in batches (on CUDA: 4 x 8 decoded images).
+BATCH_WINDOW_BATCHES = 4
+
+
+def _same_size_batches(
+    anonymizer: Anonymizer, stream: Iterator[FetchedImage], score_floor: float, *, window: int
+) -> Iterator[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
+    """Detect images in batches of one network size, results in input order.
+
+    Images are held back by :meth:`Anonymizer.batch_key` until their size has a full batch.
+    At most ``window`` images are held (waiting for a batch, or done and waiting for an earlier
+    one); when there are more, the batch holding the oldest image runs as it is. Images that
+    run alone (and per-image errors) are done as they come.
+    """
+    waiting: dict[tuple[int, int], list[tuple[int, FetchedImage]]] = {}
+    done: dict[int, tuple[FetchedImage, tuple[Face, ...] | Exception]] = {}
+    next_out = 0
+
+    def run(members: list[tuple[int, FetchedImage]]) -> None:
+        outcomes = _detect_chunk(anonymizer, [item for _, item in members], score_floor)
+        for (index, item), outcome in zip(members, outcomes, strict=True):
+            done[index] = (item, outcome)
+
+    def ready() -> Iterator[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
+        nonlocal next_out
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+
+    def run_oldest() -> None:
+        run(waiting.pop(min(waiting, key=lambda size: waiting[size][0][0])))
+
+    for index, item in enumerate(stream):
+        key = anonymizer.batch_key(item.decoded) if item.decoded is not None else None
+        if key is None:
+            run([(index, item)])
+        else:
+            members = waiting.setdefault(key, [])
+            members.append((index, item))
+            if len(members) >= anonymizer.detector.batch_size_for(key):
+                run(waiting.pop(key))
+        yield from ready()
+        while waiting and index + 1 - next_out >= window:
+            run_oldest()
+            yield from ready()
+    while waiting:
+        run_oldest()
+        yield from ready()
 
 
 def _detect_chunk(

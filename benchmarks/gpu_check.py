@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -161,22 +162,32 @@ def write_dataset(folder: Path, count: int, shapes: list[tuple[int, int]]) -> li
     return names
 
 
-def end_to_end(device: str, source: Path, names: list[str], dest: Path) -> dict[str, object]:
-    """Images/s of the library pipeline the flow's tasks use: read and decode on a thread
-    pool, detect (same-size batches), mask and encode on a thread pool, write."""
+def _warm_anonymizer(device: str, source: Path, names: list[str]) -> Any:
+    """An anonymizer on ``device`` whose session has run (CUDA initialised, kernels chosen)."""
     from anon_tasks.anonymizer import Anonymizer
+    from anon_tasks.pipeline import detect_images
+
+    anonymizer = Anonymizer(detection=DetectionSettings(device=device))
+    list(detect_images(anonymizer, str(source), _refs(names[:8]), {}))
+    return anonymizer
+
+
+def _refs(names: list[str]) -> list[Any]:
+    from anon_tasks.records import ImageRef
+
+    return [ImageRef(relative_path=name, size_bytes=0, fingerprint=name) for name in names]
+
+
+def _run_pipeline(anonymizer: Any, source: Path, names: list[str], dest: Path) -> int:
+    """The library pipeline the flow's tasks use over ``names``; returns the faces masked."""
     from anon_tasks.concurrency import ordered_map, pipeline_threads
     from anon_tasks.detections import faces_above
     from anon_tasks.pipeline import detect_images
-    from anon_tasks.records import ImageRef
     from anon_tasks.storage import write_bytes_atomic
 
-    anonymizer = Anonymizer(detection=DetectionSettings(device=device))
-    refs = [ImageRef(relative_path=name, size_bytes=0, fingerprint=name) for name in names]
     threads = pipeline_threads()
-    faces_found = 0
 
-    def finish(pair: tuple[object, object]) -> int:
+    def finish(pair: tuple[Any, Any]) -> int:
         fetched, faces = pair
         if isinstance(faces, Exception):
             raise faces
@@ -185,20 +196,163 @@ def end_to_end(device: str, source: Path, names: list[str], dest: Path) -> dict[
         write_bytes_atomic(str(dest / fetched.image.relative_path), anonymizer.encode(masked))
         return len(shown)
 
-    list(detect_images(anonymizer, str(source), refs[:8], {}))  # warm-up
-    started = time.perf_counter()
-    stream = detect_images(anonymizer, str(source), refs, {})
-    for count in ordered_map(finish, stream, threads=threads, ahead=2 * threads):
-        faces_found += count
-    elapsed = time.perf_counter() - started
+    stream = detect_images(anonymizer, str(source), _refs(names), {})
+    return sum(ordered_map(finish, stream, threads=threads, ahead=2 * threads))
+
+
+def end_to_end(
+    device: str, source: Path, names: list[str], dest: Path, *, switch_interval_s: float | None
+) -> dict[str, object]:
+    """Images/s of the library pipeline in this process: read and decode on a thread pool,
+    detect (same-size batches), mask and encode on a thread pool, write."""
+    from anon_tasks.concurrency import pipeline_threads
+
+    anonymizer = _warm_anonymizer(device, source, names)
+    before = sys.getswitchinterval()
+    if switch_interval_s is not None:
+        sys.setswitchinterval(switch_interval_s)
+    try:
+        started = time.perf_counter()
+        faces_found = _run_pipeline(anonymizer, source, names, dest)
+        elapsed = time.perf_counter() - started
+    finally:
+        sys.setswitchinterval(before)
     return {
         "images": len(names),
         "images_per_s": round(len(names) / elapsed, 1),
         "seconds": round(elapsed, 2),
         "faces": faces_found,
         "batch_size": anonymizer.detector.batch_size,
+        "threads_per_stage": pipeline_threads(),
+        "switch_interval_s": sys.getswitchinterval()
+        if switch_interval_s is None
+        else switch_interval_s,
+    }
+
+
+def _pipeline_process(
+    device: str,
+    source: Path,
+    names: list[str],
+    dest: Path,
+    cores: list[int] | None,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One of several pipelines sharing the GPU (as several flow runs of one worker would)."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+    anonymizer = _warm_anonymizer(device, source, names)
+    barrier.wait()
+    faces = _run_pipeline(anonymizer, source, names, dest)
+    results.put((time.monotonic(), faces))
+
+
+def end_to_end_processes(
+    device: str, source: Path, names: list[str], dest: Path, *, processes: int, pinned: bool
+) -> dict[str, object]:
+    """Images/s of ``processes`` pipeline processes on one GPU, each on its share of the files
+    (``pinned``: each on its own share of the cores), timed from a common start after warm-up."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes + 1)
+    results = context.Queue()
+    cores = sorted(os.sched_getaffinity(0))
+    per_process = max(1, len(cores) // processes)
+    children = []
+    for index in range(processes):
+        share = cores[index * per_process : (index + 1) * per_process] if pinned else None
+        child = context.Process(
+            target=_pipeline_process,
+            args=(device, source, names[index::processes], dest, share, barrier, results),
+        )
+        child.start()
+        children.append(child)
+    barrier.wait(timeout=300)
+    started = time.monotonic()
+    finished = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    elapsed = max(end for end, _ in finished) - started
+    return {
+        "images": len(names),
+        "images_per_s": round(len(names) / elapsed, 1),
+        "seconds": round(elapsed, 2),
+        "faces": sum(faces for _, faces in finished),
+        "processes": processes,
+        "pinned": pinned,
+    }
+
+
+def stage_rates(device: str, source: Path, names: list[str]) -> dict[str, object]:
+    """Images/s of each stage alone, in this process: read and decode on the stage's threads;
+    detection of decoded images (batches, decoding of outputs, Face values); mask, encode and
+    write on the stage's threads."""
+    from anon_tasks.concurrency import ordered_map, pipeline_threads
+    from anon_tasks.detections import faces_above
+    from anon_tasks.pipeline import fetch_and_decode
+
+    anonymizer = _warm_anonymizer(device, source, names)
+    threads = pipeline_threads()
+    refs = _refs(names)
+    started = time.perf_counter()
+    for _ in ordered_map(
+        lambda ref: fetch_and_decode(anonymizer, str(source), ref, {}),
+        refs,
+        threads=threads,
+        ahead=2 * threads,
+    ):
+        pass
+    decode_s = time.perf_counter() - started
+    sample = [fetch_and_decode(anonymizer, str(source), ref, {}).decoded for ref in refs[:256]]
+    batch = anonymizer.detector.batch_size
+    started, detected, cpu_started = time.perf_counter(), 0, time.thread_time()
+    found: list[Any] = []
+    while detected < len(names):
+        for start in range(0, len(sample), batch):
+            found.extend(anonymizer.detect_many(sample[start : start + batch]))
+        detected += len(sample)
+    detect_s = time.perf_counter() - started
+    detect_cpu_s = time.thread_time() - cpu_started
+    pairs = list(zip(sample, found[: len(sample)], strict=True))
+    dest = source.parent / f"{source.name}-stage-out"
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def finish(index: int) -> None:
+        image, faces = pairs[index % len(pairs)]
+        masked = anonymizer.mask(image, faces_above(faces, 0.4))
+        (dest / f"{index:05d}.jpg").write_bytes(anonymizer.encode(masked))
+
+    started = time.perf_counter()
+    for _ in ordered_map(finish, range(len(names)), threads=threads, ahead=2 * threads):
+        pass
+    finish_s = time.perf_counter() - started
+    return {
+        "read_decode_images_per_s": round(len(names) / decode_s, 1),
+        "detect_images_per_s": round(detected / detect_s, 1),
+        "detect_caller_cpu_ms_per_image": round(1000 * detect_cpu_s / detected, 2),
+        "mask_encode_write_images_per_s": round(len(names) / finish_s, 1),
         "threads_per_stage": threads,
     }
+
+
+def run_variant(
+    variant: str, device: str, source: Path, names: list[str], dest: Path
+) -> dict[str, object]:
+    """One end-to-end layout (see ``--variants``)."""
+    if variant == "stages":
+        return stage_rates(device, source, names)
+    if variant == "threads":
+        return end_to_end(device, source, names, dest, switch_interval_s=None)
+    if variant == "threads-switch1ms":
+        return end_to_end(device, source, names, dest, switch_interval_s=0.001)
+    if variant.startswith("processes-"):
+        count, _, pinned = variant.removeprefix("processes-").partition("-")
+        return end_to_end_processes(
+            device, source, names, dest, processes=int(count), pinned=pinned == "pinned"
+        )
+    raise SystemExit(f"unknown variant {variant!r}")
 
 
 #: Network sizes of the WIDER dev set's most common shapes (1,024 px wide), in proportion.
@@ -217,7 +371,14 @@ def main() -> int:
         default="compare,model,model-only,end-to-end",
         help="comma-separated subset of compare, model, model-only, end-to-end",
     )
-    parser.add_argument("--batches", default="1,8,16,32", help="end-to-end batch sizes")
+    parser.add_argument("--batches", default="8", help="end-to-end batch sizes")
+    parser.add_argument("--shapes", default="dev_shapes,1024x768", help="end-to-end datasets")
+    parser.add_argument(
+        "--variants",
+        default="stages,threads,threads-switch1ms,processes-2,processes-4,processes-4-pinned",
+        help="end-to-end layouts: stages (each stage alone), threads (one process), "
+        "threads-switch1ms (GIL switch interval 1 ms), processes-N[-pinned] (N pipelines)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import onnxruntime
@@ -254,22 +415,26 @@ def main() -> int:
             logger.exception("model-only timing failed")
             report["model_only"] = f"failed: {exc!r}"
         save()
-    end_to_end_shapes = (("1024x768", [(1024, 768)]), ("dev_shapes", DEV_SHAPES))
-    for label, shapes in end_to_end_shapes if "end-to-end" in sections else ():
+    shapes_by_label = {"dev_shapes": DEV_SHAPES, "1024x768": [(1024, 768)]}
+    for label in args.shapes.split(",") if "end-to-end" in sections else ():
         source = args.work / f"src-{label}"
-        names = write_dataset(source, args.images, shapes)
-        for batch in (int(b) for b in args.batches.split(",")):
-            detector_module.CUDA_BATCH_SIZE = batch
-            dest = args.work / f"out-{label}-{batch}"
-            dest.mkdir(parents=True, exist_ok=True)
-            try:
-                result = end_to_end(args.device, source, names, dest)
-            except Exception as exc:  # a figure missing must not lose the others
-                logger.exception("end-to-end run failed")
-                result = {"failed": repr(exc)}
-            report[f"end_to_end_{label}_batch{batch}"] = result
-            print(f"end to end, {label}, batch {batch}: {result}")
-            save()
+        names = write_dataset(source, args.images, shapes_by_label[label])
+        for variant in args.variants.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                detector_module.CUDA_BATCH_SIZE = batch
+                key = f"end_to_end_{label}_{variant}_batch{batch}"
+                dest = args.work / f"out-{label}-{variant}-{batch}"
+                dest.mkdir(parents=True, exist_ok=True)
+                try:
+                    result = run_variant(variant, args.device, source, names, dest)
+                except Exception as exc:  # a figure missing must not lose the others
+                    logger.exception("end-to-end run failed")
+                    result = {"failed": repr(exc)}
+                report[key] = result
+                print(f"{key}: {result}", flush=True)
+                save()
+                if variant == "stages":
+                    break  # one batch size tells
     agree = report["cpu_vs_gpu"]
     ok = (
         providers[0] == "CUDAExecutionProvider"

@@ -88,8 +88,10 @@ def test_ordered_map_refuses_nonsense_sizes() -> None:
 
 @pytest.fixture
 def batching(monkeypatch):
-    """The CPU detector batching like a GPU one (4 same-size images per model run)."""
+    """The CPU detector batching like a GPU one: one model run at a time, 4 same-size images
+    per run."""
     monkeypatch.setattr(CenterFaceDetector, "batch_size", property(lambda self: 4))
+    monkeypatch.setattr(CenterFaceDetector, "concurrent_runs", property(lambda self: 1))
 
 
 def _photos(astronaut_rgb: np.ndarray) -> list[np.ndarray]:
@@ -119,6 +121,101 @@ def test_batches_give_the_faces_of_single_images(batching, astronaut_rgb) -> Non
         for a, b in zip(one, other, strict=True):
             np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
             assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+@pytest.fixture
+def model_inputs(monkeypatch) -> list[tuple[int, ...]]:
+    """Shapes of every model input from here on (NHWC)."""
+    from anon_tasks.runtime import InferenceSession
+
+    shapes: list[tuple[int, ...]] = []
+    real_run = InferenceSession.run
+
+    def recording_run(self, batch):
+        shapes.append(batch.shape)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(InferenceSession, "run", recording_run)
+    return shapes
+
+
+def test_a_short_batch_is_padded_to_one_shape_per_size(
+    batching, model_inputs, astronaut_rgb
+) -> None:
+    """Runs of one size always have one input shape (CUDA plans kernels per shape), and the
+    blank rows change no face."""
+    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    photos = [np.roll(astronaut_rgb, 60 * index, axis=1) for index in range(3)]
+    alone = [detector.detect(photo, score_floor=0.1) for photo in photos]
+    padded = detector.detect_batch(photos, score_floor=0.1)
+    assert model_inputs == [(4, 512, 512, 3)] * 4
+    for one, other in zip(padded, alone, strict=True):
+        assert len(one) == len(other) >= 1
+        np.testing.assert_allclose(one.xyxy, other.xyxy, atol=1e-3)
+        np.testing.assert_allclose(one.scores, other.scores, atol=1e-5)
+
+
+def test_large_images_get_smaller_batches(batching, monkeypatch) -> None:
+    from anon_tasks import detector as detector_module
+
+    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    monkeypatch.setattr(detector_module, "CUDA_BATCH_PIXELS", 1_000_000)
+    assert detector.batch_size_for((512, 384)) == 4
+    assert detector.batch_size_for((1024, 512)) == 1
+    assert detector.batch_size_for((4000, 3000)) == 1
+
+
+def test_mixed_sizes_run_in_full_batches_of_one_size(
+    batching, model_inputs, astronaut_rgb, tmp_path
+) -> None:
+    """Images of three sizes in turn (as in a real dataset) still make full batches."""
+    photos = _photos(astronaut_rgb) + _photos(astronaut_rgb)[::-1] + _photos(astronaut_rgb)[:6]
+    refs = []
+    for index, photo in enumerate(photos):
+        name = f"p{index}.png"
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        refs.append(ImageRef(relative_path=name, size_bytes=1, fingerprint=str(index)))
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+
+    results = list(detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4))
+
+    assert [fetched.image for fetched, _ in results] == refs
+    # 24 images, 8 of each size: two full runs per size, none padded.
+    assert sorted(model_inputs) == sorted(
+        [(4, 512, 512, 3)] * 2 + [(4, 480, 640, 3)] * 2 + [(4, 704, 480, 3)] * 2
+    )
+    for fetched, outcome in results:
+        expected = anonymizer.detect(fetched.decoded, score_floor=0.4)
+        assert len(outcome) == len(expected) >= 1
+        for a, b in zip(outcome, expected, strict=True):
+            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+
+
+def test_a_rare_size_is_not_held_back_past_the_window(
+    batching, model_inputs, astronaut_rgb, tmp_path
+) -> None:
+    """One image of its size among many of another runs (padded) once the window is full,
+    instead of waiting for the end: what is held stays bounded."""
+    from anon_tasks import pipeline
+
+    rare = cv2.resize(astronaut_rgb, (480, 700), interpolation=cv2.INTER_AREA)
+    names = ["rare.png"] + [f"c{index}.png" for index in range(40)]
+    cv2.imwrite(str(tmp_path / "rare.png"), cv2.cvtColor(rare, cv2.COLOR_RGB2BGR))
+    for index in range(40):
+        common = np.roll(astronaut_rgb, 25 * index, axis=1)
+        cv2.imwrite(str(tmp_path / names[index + 1]), cv2.cvtColor(common, cv2.COLOR_RGB2BGR))
+    refs = [ImageRef(relative_path=n, size_bytes=1, fingerprint=n) for n in names]
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+
+    stream = detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4)
+    first = next(stream)
+    assert first[0].image.relative_path == "rare.png"
+    assert len(first[1]) >= 1
+    window = pipeline.BATCH_WINDOW_BATCHES * 4
+    # The rare image ran alone (padded) after at most a window of common ones.
+    assert model_inputs.index((4, 704, 480, 3)) <= window // 4
+    assert len(list(stream)) == 40
+    stream.close()
 
 
 def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb, tmp_path) -> None:
