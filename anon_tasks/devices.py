@@ -8,6 +8,11 @@ devices this process can see, else a single ``cpu``. A GPU worker started by
 A lease is an exclusive ``flock`` on a file named after the device in a folder shared by every
 process on the host (``ANON_TASKS_LOCK_DIR``, default ``<tmp>/anon-tasks-device-locks``). The
 kernel releases it when the holder exits, crashed or not, so a dead run never keeps a device.
+
+A device has one lease by default. ``ANON_TASKS_DEVICE_SLOTS=N`` lets up to N runs hold one at
+once (a file per slot): several processes feeding one GPU keep it busier than one can, since one
+process's Python holds the GIL for part of every image (see docs/benchmarks.md).
+``anonymize-workers --limit N`` sets it for the runs of its workers.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from anon_tasks.errors import ConfigurationError
+
 __all__ = [
     "DEVICES_ENV",
+    "SLOTS_ENV",
     "DeviceBusyError",
     "available_devices",
     "device_lease",
+    "device_slots",
     "visible_cuda_device_count",
 ]
 
@@ -34,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 DEVICES_ENV = "ANON_TASKS_DEVICES"
 LOCK_DIR_ENV = "ANON_TASKS_LOCK_DIR"
+SLOTS_ENV = "ANON_TASKS_DEVICE_SLOTS"
+#: Most runs that may share one device.
+MAX_SLOTS = 64
 _POLL_SECONDS = 0.05
 
 
@@ -84,7 +96,23 @@ def _lock_dir() -> Path:
     return folder
 
 
-def _lock_file(device: str) -> Path:
+def device_slots() -> int:
+    """How many runs may hold a lease on one device at once (``ANON_TASKS_DEVICE_SLOTS``).
+
+    Raises:
+        ConfigurationError: The variable is not a whole number from 1 to ``MAX_SLOTS``.
+    """
+    raw = os.environ.get(SLOTS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_SLOTS:
+        raise ConfigurationError(
+            f"{SLOTS_ENV}={raw!r}: expected a whole number from 1 to {MAX_SLOTS}", field=SLOTS_ENV
+        )
+    return int(raw)
+
+
+def _lock_file(device: str, slot: int = 0) -> Path:
     # CUDA_VISIBLE_DEVICES renumbers devices per process; lock the physical one.
     name = device
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -93,33 +121,36 @@ def _lock_file(device: str) -> Path:
         index = int(device.split(":")[1])
         if index < len(physical):
             name = f"cuda:{physical[index].strip()}"
-    return _lock_dir() / (name.replace(":", "-") + ".lock")
+    suffix = f".slot{slot}" if slot else ""
+    return _lock_dir() / (name.replace(":", "-") + suffix + ".lock")
 
 
 @contextlib.contextmanager
 def device_lease(candidates: Sequence[str], *, timeout_seconds: float = 3600.0) -> Iterator[str]:
-    """Hold an exclusive lease on the first free device of ``candidates``; yields its name.
+    """Hold a lease on the first free device of ``candidates``; yields its name.
 
-    Candidates are tried in order without waiting; when all are busy, they are polled until one
-    frees up or ``timeout_seconds`` pass (then ``DeviceBusyError``). The lease ends with the
-    block, or with the process.
+    Candidates are tried in order without waiting, each in its ``device_slots()`` slots; when all
+    are busy, they are polled until one frees up or ``timeout_seconds`` pass (then
+    ``DeviceBusyError``). The lease ends with the block, or with the process.
     """
     if not candidates:
         raise ValueError("no device to lease")
     deadline = time.monotonic() + timeout_seconds
+    # Every device's first slot before any device's second: runs spread before they share.
+    slots = [(device, slot) for slot in range(device_slots()) for device in candidates]
     handles = {}
     try:
         while True:
-            for device in candidates:
-                handle = handles.get(device)
+            for device, slot in slots:
+                handle = handles.get((device, slot))
                 if handle is None:
-                    handle = handles[device] = _lock_file(device).open("a+b")
+                    handle = handles[device, slot] = _lock_file(device, slot).open("a+b")
                 try:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue
                 try:
-                    logger.debug("leased %s", device)
+                    logger.debug("leased %s (slot %d)", device, slot)
                     yield device
                 finally:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from anon_tasks.devices import MAX_SLOTS, SLOTS_ENV
+
 logger = logging.getLogger("anon_tasks.workers")
 
 #: Seconds a worker gets to stop after SIGTERM before it is killed.
@@ -38,8 +40,11 @@ class WorkerSpec:
     env: dict[str, str]
 
 
-def worker_specs(devices: Sequence[str], *, pool: str, prefix: str) -> list[WorkerSpec]:
-    """One worker per device: a GPU (physical index or ``cuda:N``) or a logical ``cpu:N``."""
+def worker_specs(
+    devices: Sequence[str], *, pool: str, prefix: str, runs_per_device: int = 1
+) -> list[WorkerSpec]:
+    """One worker per device: a GPU (physical index or ``cuda:N``) or a logical ``cpu:N``,
+    whose runs may share it ``runs_per_device`` at a time."""
     host = socket.gethostname().split(".")[0]
     specs = []
     for device in devices:
@@ -53,6 +58,7 @@ def worker_specs(devices: Sequence[str], *, pool: str, prefix: str) -> list[Work
             device = f"cuda:{physical}"
             # The worker's runs see only this GPU, as their cuda:0.
             env = {"CUDA_VISIBLE_DEVICES": physical, "ANON_TASKS_DEVICES": "cuda:0"}
+        env[SLOTS_ENV] = str(runs_per_device)
         name = f"{prefix}-{host}-{device.replace(':', '')}"
         specs.append(WorkerSpec(name=name, device=device, env=env))
     return specs
@@ -116,7 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="'auto' (every visible GPU), GPU indices '0,1', or logical CPU devices 'cpu:0,cpu:1'",
     )
-    parser.add_argument("--limit", type=int, default=1, help="flow runs at once per worker")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=1,
+        help="flow runs at once per worker, sharing its device (default 1)",
+    )
     parser.add_argument("--prefix", default="anon", help="worker name prefix")
     parser.add_argument("--no-create-pool", action="store_true", help="do not create the pool")
     args = parser.parse_args(argv)
@@ -126,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not devices:
         logger.error("no GPU is visible; pass --devices cpu:0,cpu:1 for CPU workers")
         return 2
-    specs = worker_specs(devices, pool=args.pool, prefix=args.prefix)
+    if not 1 <= args.limit <= MAX_SLOTS:
+        parser.error(f"--limit must be from 1 to {MAX_SLOTS}")
+    specs = worker_specs(devices, pool=args.pool, prefix=args.prefix, runs_per_device=args.limit)
     if not args.no_create_pool:
         ensure_pool(args.pool, "process")
 

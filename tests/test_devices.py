@@ -20,6 +20,7 @@ from anon_tasks.workers import worker_specs
 def lock_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ANON_TASKS_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("ANON_TASKS_DEVICES", raising=False)
+    monkeypatch.delenv("ANON_TASKS_DEVICE_SLOTS", raising=False)
     return tmp_path / "locks"
 
 
@@ -108,12 +109,54 @@ def test_lease_names_the_physical_gpu_behind_cuda_visible_devices(monkeypatch, l
         assert (lock_dir / "cuda-3.lock").exists()
 
 
+def test_device_slots_let_that_many_runs_share_a_device(monkeypatch) -> None:
+    monkeypatch.setenv("ANON_TASKS_DEVICE_SLOTS", "2")
+    first = hold_in_child("cpu:0")
+    try:
+        # A free device is preferred to a shared one...
+        with device_lease(["cpu:0", "cpu:1"]) as device:
+            assert device == "cpu:1"
+        second = hold_in_child("cpu:0")  # ...but two runs may hold cpu:0 at once,
+        try:
+            with pytest.raises(DeviceBusyError), device_lease(["cpu:0"], timeout_seconds=0.3):
+                pass  # and a third may not.
+        finally:
+            second.kill()
+            reap(second)
+    finally:
+        first.kill()
+        reap(first)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "65"])
+def test_device_slots_refuse_nonsense(monkeypatch, value) -> None:
+    from anon_tasks.errors import ConfigurationError
+
+    monkeypatch.setenv("ANON_TASKS_DEVICE_SLOTS", value)
+    with (
+        pytest.raises(ConfigurationError, match="ANON_TASKS_DEVICE_SLOTS") as caught,
+        device_lease(["cpu:0"]),
+    ):
+        pass
+    assert caught.value.field == "ANON_TASKS_DEVICE_SLOTS"
+
+
 def test_worker_specs_pin_one_gpu_each() -> None:
     specs = worker_specs(["0", "cuda:2", "cpu:1"], pool="anon-gpu", prefix="anon")
     assert [spec.device for spec in specs] == ["cuda:0", "cuda:2", "cpu:1"]
-    assert specs[1].env == {"CUDA_VISIBLE_DEVICES": "2", "ANON_TASKS_DEVICES": "cuda:0"}
+    assert specs[1].env == {
+        "CUDA_VISIBLE_DEVICES": "2",
+        "ANON_TASKS_DEVICES": "cuda:0",
+        "ANON_TASKS_DEVICE_SLOTS": "1",
+    }
     assert specs[2].env["ANON_TASKS_DEVICES"] == "cpu:1"
     assert len({spec.name for spec in specs}) == 3
+
+
+def test_a_worker_taking_n_runs_lets_them_share_its_gpu() -> None:
+    specs = worker_specs(["1"], pool="anon-gpu", prefix="anon", runs_per_device=4)
+    assert specs[0].env["ANON_TASKS_DEVICE_SLOTS"] == "4"
+    assert specs[0].env["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 @pytest.mark.usefixtures("prefect_api")
