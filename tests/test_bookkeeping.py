@@ -160,19 +160,34 @@ def test_file_fingerprints_skip_the_manifest_folder(tmp_path) -> None:
     assert file_fingerprints(str(tmp_path / "nope")) == {}
 
 
-def test_decoded_cache_is_bounded_and_pops_once() -> None:
-    def image(megabytes: int) -> DecodedImage:
-        return DecodedImage(frames=(np.zeros((megabytes, 1024, 1024), np.uint8)[0],), format="PNG")
+def _megabyte_image() -> DecodedImage:
+    return DecodedImage(frames=(np.zeros((1024, 1024), np.uint8),), format="PNG")
 
+
+def test_decoded_cache_is_bounded_keeps_what_is_needed_soonest_and_pops_once() -> None:
     cache = DecodedCache(max_bytes=3 * 1024 * 1024)
-    for index in range(5):
-        cache.put(f"u{index}", "f", image(1))
+    stored = [cache.put(f"u{index}", "f", _megabyte_image()) for index in range(5)]
+    assert stored == [True, True, True, False, False]  # full: the newest are refused
     assert len(cache) == 3
     assert cache.nbytes <= cache.max_bytes
-    assert cache.pop("u0", "f") is None  # oldest dropped
-    assert cache.pop("u4", "f") is not None
-    assert cache.pop("u4", "f") is None
-    assert cache.pop("u3", "other-fingerprint") is None
+    assert cache.pop("u3", "f") is None
+    assert cache.pop("u0", "f") is not None  # the first in, masked first, is still there
+    assert cache.pop("u0", "f") is None
+    assert cache.pop("u1", "other-fingerprint") is None
+    assert cache.put("u5", "f", _megabyte_image())  # room again once one is taken
+
+
+def test_decoded_cache_drops_images_whose_mask_task_never_came() -> None:
+    now = [0.0]
+    cache = DecodedCache(max_bytes=2 * 1024 * 1024, max_age_seconds=60, clock=lambda: now[0])
+    assert cache.put("u0", "f", _megabyte_image())
+    assert cache.put("u1", "f", _megabyte_image())
+    now[0] = 30.0
+    assert not cache.put("u2", "f", _megabyte_image())
+    now[0] = 61.0
+    assert cache.put("u2", "f", _megabyte_image())  # u0 and u1 expired
+    assert cache.pop("u0", "f") is None
+    assert len(cache) == 1
 
 
 def test_stale_staging_files_are_removed_and_fresh_ones_kept(tmp_path) -> None:
