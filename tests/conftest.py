@@ -42,6 +42,22 @@ def camera_gray() -> np.ndarray:
     return np.ascontiguousarray(data.camera())
 
 
+@pytest.fixture
+def model_inputs(monkeypatch) -> list[tuple[int, ...]]:
+    """Shapes of every model input from here on (NHWC), in the order the model ran them."""
+    from anon_tasks.runtime import InferenceSession
+
+    shapes: list[tuple[int, ...]] = []
+    real_run = InferenceSession.run
+
+    def recording_run(self, batch):
+        shapes.append(batch.shape)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(InferenceSession, "run", recording_run)
+    return shapes
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """A real Prefect API (temporary server and SQLite database) for the whole session.

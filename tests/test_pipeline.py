@@ -123,22 +123,6 @@ def test_batches_give_the_faces_of_single_images(batching, astronaut_rgb) -> Non
             assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
-@pytest.fixture
-def model_inputs(monkeypatch) -> list[tuple[int, ...]]:
-    """Shapes of every model input from here on (NHWC)."""
-    from anon_tasks.runtime import InferenceSession
-
-    shapes: list[tuple[int, ...]] = []
-    real_run = InferenceSession.run
-
-    def recording_run(self, batch):
-        shapes.append(batch.shape)
-        return real_run(self, batch)
-
-    monkeypatch.setattr(InferenceSession, "run", recording_run)
-    return shapes
-
-
 def test_a_short_batch_is_padded_to_one_shape_per_size(
     batching, model_inputs, astronaut_rgb
 ) -> None:
