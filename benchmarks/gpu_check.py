@@ -10,9 +10,11 @@ and 32 for 1024x768 and 1920x1080 images, through ``detect_batch`` (resize and s
 inference, decoding) and for the model alone (host input and output, then input and outputs
 bound on the device); and end-to-end images/s of the library pipeline the flow's tasks run
 (JPEG files read and decoded on a thread pool, same-size batches detected, blurred, encoded and
-written on a thread pool) over 2,048 files of 1024x768, then of the dev set's mix of heights,
-at batch sizes 1, 8, 16 and 32. Exits 1 when CUDA is not used or detections differ beyond
-tolerance.
+written on a thread pool) over ``--images`` files of 1024x768 and of the dev set's mix of
+heights, in the layouts ``--variants`` names: each stage alone, one process, one process with a
+1 ms GIL switch interval, or N pipeline processes sharing the GPU (as N flow runs of one
+``anonymize-workers --limit N`` worker would). Exits 1 when CUDA is not used or detections
+differ beyond tolerance.
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ def compare(cpu: CenterFaceDetector, gpu: CenterFaceDetector) -> dict[str, float
 
 def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[str, object]]:
     """Images/s of ``detect_batch``: resize and stack on the CPU, model run, decode."""
+    from anon_tasks import detector as detector_module
+
+    defaults = detector_module.CUDA_BATCH_SIZE, detector_module.CUDA_BATCH_PIXELS
     rows = []
     # On a CPU (a dry run of this script), batches only cost memory: one image at a time.
     batches = BATCHES if detector.batch_size > 1 else (1,)
     for width, height in SIZES:
         rgb = faces_image(width, height)
         for batch in batches:
+            # Short batches are padded up to the batch size: make it this batch's.
+            detector_module.CUDA_BATCH_SIZE = batch
+            detector_module.CUDA_BATCH_PIXELS = batch * width * height * 2
             images = [rgb] * batch
             for _ in range(3):
                 detector.detect_batch(images)
@@ -106,6 +114,7 @@ def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[
                 }
             )
             print(f"  {width}x{height} batch {batch:2d}: {rows[-1]['images_per_s']:8.1f} img/s")
+    detector_module.CUDA_BATCH_SIZE, detector_module.CUDA_BATCH_PIXELS = defaults
     return rows
 
 

@@ -8,9 +8,11 @@ Usage (from the repository root, after ``make install``)::
 FOLDER defaults to ../shared/data/wider-dev/images. Settings are the seed's defaults (blur,
 threshold 0.4, mask scale 1.0, balanced quality, full resolution) on the CPU.
 
-Each case runs in its own process, one after another, so each peak RSS is that case's own; the
-floor, the library and the flows run ``--repeat`` times (default 2) and the fastest run counts,
-since a shared machine's speed drifts between runs:
+Each case runs in its own process, one after another, so each peak RSS is that case's own. A
+shared machine's speed drifts by tens of percent over minutes, so every case runs in each of
+``--repeat`` rounds (default 3), interleaved; times shown are each case's fastest round, and
+each ratio is computed within a round (cases timed minutes apart, not tens of minutes) and the
+median of the rounds is reported:
 
 - bare floor: the model with its weights moved out of the graph inputs (float NCHW input, as
   shipped otherwise), ONNX Runtime's default session options, ``session.run`` on one image at
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,6 +121,7 @@ def _run_flow(source: Path) -> dict[str, object]:
         "seconds": seconds,
         "images": summary.images_total,
         "inferred": summary.images_inferred,
+        "read": summary.images_read,
         "faces": summary.faces_found,
     }
 
@@ -245,25 +249,30 @@ def repeated_dataset(files: list[Path], count: int, into: Path) -> Path:
     return into
 
 
+#: The cases of one round, in the order of even rounds (odd rounds run them backwards, so that
+#: no case always runs first or last).
+ROUND_CASES = ("floor", "floor-side-by-side", "library", "deface", "flow", "flow-embedded")
+
+
 def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
     files = image_files(folder)
     count = len(files)
     print(f"machine: {machine_description()}")
-    print(f"images : {count} from {folder}; best of {repeat} runs for each timed case")
-
-    def best(case: str, threads: int | None = None) -> dict[str, object]:
-        runs = [child(case, folder, threads) for _ in range(repeat)]
-        return min(runs, key=lambda result: result["seconds"])
-
-    results = {"floor": best("floor")}
+    print(
+        f"images : {count} from {folder}; {repeat} rounds of every case, interleaved; "
+        "times: the fastest round; ratios: per round, then their median"
+    )
+    cases = [case for case in ROUND_CASES if not (skip_deface and case == "deface")]
+    rounds: list[dict[str, dict[str, object]]] = []
+    for index in range(repeat):
+        order = cases if index % 2 == 0 else cases[::-1]
+        rounds.append({case: child(case, folder) for case in order})
+    results = {
+        case: min((found[case] for found in rounds), key=lambda result: result["seconds"])
+        for case in cases
+    }
     cores = len(os.sched_getaffinity(0))
     threads = {n: child("floor", folder, n) for n in range(1, cores + 1)}
-    results["floor-side-by-side"] = child("floor-side-by-side", folder)
-    results["library"] = best("library")
-    if not skip_deface:
-        results["deface"] = child("deface", folder)
-    results["flow"] = best("flow")
-    results["flow-embedded"] = best("flow-embedded")
 
     def row(label: str, result: dict[str, object], note: str = "") -> None:
         seconds = float(result["seconds"])
@@ -285,18 +294,23 @@ def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
         result = results[key]
         row(f"flow, {label}", result)
         print(f"{'':40}Prefect start-up {result['prefect_startup_seconds']:.2f} s (not counted)")
-    base = float(floor["seconds"])
-    flow = float(results["flow"]["seconds"])
-    print("ratios:")
-    print(f"  flow (running server) / bare floor : {flow / base:5.2f}x")
-    embedded = float(results["flow-embedded"]["seconds"])
-    print(f"  flow (embedded) / bare floor       : {embedded / base:5.2f}x")
-    library = float(results["library"]["seconds"])
-    print(f"  library path / bare floor          : {library / base:5.2f}x")
+
+    def ratio(label: str, over: str, under: str) -> None:
+        values = [
+            float(found[over]["seconds"]) / float(found[under]["seconds"]) for found in rounds
+        ]
+        listed = ", ".join(f"{value:.2f}" for value in values)
+        print(f"  {label:44}: {statistics.median(values):5.2f}x  (rounds: {listed})")
+
+    print("ratios (median of the rounds):")
+    ratio("flow (running server) / bare floor", "flow", "floor")
+    ratio("flow (embedded) / bare floor", "flow-embedded", "floor")
+    ratio("flow (running server) / side-by-side floor", "flow", "floor-side-by-side")
+    ratio("library path / bare floor", "library", "floor")
     if "deface" in results:
-        deface = float(results["deface"]["seconds"])
-        print(f"  deface CLI / flow (running server) : {deface / flow:5.2f}x")
-        print(f"  deface CLI / bare floor            : {deface / base:5.2f}x")
+        ratio("deface CLI / flow (running server)", "deface", "flow")
+        ratio("deface CLI / bare floor", "deface", "floor")
+        ratio("deface CLI / side-by-side floor", "deface", "floor-side-by-side")
 
 
 def memory_report(folder: Path, sizes: list[int]) -> None:
@@ -308,7 +322,8 @@ def memory_report(folder: Path, sizes: list[int]) -> None:
             result = child("flow", dataset)
             print(
                 f"flow over {size:5d} images: {result['seconds']:7.1f} s  "
-                f"peak RSS {result['peak_rss_mb']} MB  (inferred {result['inferred']})"
+                f"peak RSS {result['peak_rss_mb']} MB  (inferred {result['inferred']}, "
+                f"read {result['read']}: reads above the count were decoded again)"
             )
 
 
@@ -318,7 +333,7 @@ def main() -> None:
     parser.add_argument("--skip-deface", action="store_true")
     parser.add_argument("--memory", action="store_true", help="peak RSS over 200 and 2,000")
     parser.add_argument("--sizes", type=int, nargs="*", default=[200, 2000])
-    parser.add_argument("--repeat", type=int, default=2, help="runs per timed case (best kept)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every case")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
