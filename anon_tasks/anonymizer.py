@@ -118,8 +118,9 @@ class Anonymizer:
     ) -> list[tuple[Face, ...]]:
         """Faces of several images, as :meth:`detect` gives them for each one.
 
-        Images with the same :meth:`batch_key` run together, up to the detector's batch size
-        for their size; boxes are the same as image by image.
+        Images with the same :meth:`batch_key` run together, in runs of the detector's batch
+        size for their size (a short one padded, so each size has one input shape); boxes are
+        the same as image by image. Images that run alone keep batch 1.
         """
         floor = self.detection.threshold if score_floor is None else score_floor
         results: list[tuple[Face, ...] | None] = [None] * len(images)
@@ -135,7 +136,9 @@ class Anonymizer:
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
                 found = self.detector.detect_batch(
-                    [rgb for _, rgb in chunk], score_floor=min(floor, SCORE_FLOOR)
+                    [rgb for _, rgb in chunk],
+                    score_floor=min(floor, SCORE_FLOOR),
+                    pad_to=batch_size,
                 )
                 for (index, _), faces in zip(chunk, found, strict=True):
                     results[index] = faces.above(floor).to_faces(frame=0)

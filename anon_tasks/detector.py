@@ -400,19 +400,23 @@ class CenterFaceDetector:
         return self.detect_batch([rgb], score_floor=score_floor)[0]
 
     def detect_batch(
-        self, images: list[np.ndarray], *, score_floor: float = SCORE_FLOOR
+        self,
+        images: list[np.ndarray],
+        *,
+        score_floor: float = SCORE_FLOOR,
+        pad_to: int | None = None,
     ) -> list[FaceArrays]:
         """Detect faces in images of one shape with one model run (faster on GPUs).
 
         Each image is preprocessed exactly as alone, so the boxes are those of :meth:`detect`.
-        Where batches pay (CUDA), fewer images than :meth:`batch_size_for` their size are padded
-        with blank ones up to it: every run of one image size then has one input shape, and
-        CUDA plans its kernels once per shape (about 2 s each on an H200; see
-        docs/benchmarks.md), not once per size and count.
 
         Args:
             images: Upright uint8 HxWx3 RGB images, all of the same height and width.
             score_floor: Lowest score kept.
+            pad_to: Run at least this many images, padding with blank ones (their outputs
+                are ignored). Batched callers pass :meth:`batch_size_for` the size, so every
+                batch of one size has one input shape: CUDA plans its kernels once per shape
+                (about 2 s each on an H200; docs/benchmarks.md), not once per size and count.
         """
         for rgb in images:
             if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -425,9 +429,7 @@ class CenterFaceDetector:
         if height == 0 or width == 0:
             raise ImageError("image has no pixels")
         net_w, net_h = network_size_wh(width, height)
-        rows = len(images)
-        if self.batch_size > 1:
-            rows = max(rows, self.batch_size_for((net_w, net_h)))
+        rows = max(len(images), pad_to or 0)
         session = self._session_for(net_w * net_h * rows)
         outputs = session.run(network_batch(images, (net_w, net_h), rows=rows))
         self.inference_count += len(images)

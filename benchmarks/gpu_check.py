@@ -85,18 +85,12 @@ def compare(cpu: CenterFaceDetector, gpu: CenterFaceDetector) -> dict[str, float
 
 def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[str, object]]:
     """Images/s of ``detect_batch``: resize and stack on the CPU, model run, decode."""
-    from anon_tasks import detector as detector_module
-
-    defaults = detector_module.CUDA_BATCH_SIZE, detector_module.CUDA_BATCH_PIXELS
     rows = []
     # On a CPU (a dry run of this script), batches only cost memory: one image at a time.
     batches = BATCHES if detector.batch_size > 1 else (1,)
     for width, height in SIZES:
         rgb = faces_image(width, height)
         for batch in batches:
-            # Short batches are padded up to the batch size: make it this batch's.
-            detector_module.CUDA_BATCH_SIZE = batch
-            detector_module.CUDA_BATCH_PIXELS = batch * width * height * 2
             images = [rgb] * batch
             for _ in range(3):
                 detector.detect_batch(images)
@@ -114,7 +108,6 @@ def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[
                 }
             )
             print(f"  {width}x{height} batch {batch:2d}: {rows[-1]['images_per_s']:8.1f} img/s")
-    detector_module.CUDA_BATCH_SIZE, detector_module.CUDA_BATCH_PIXELS = defaults
     return rows
 
 

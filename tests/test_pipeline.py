@@ -126,17 +126,23 @@ def test_batches_give_the_faces_of_single_images(batching, astronaut_rgb) -> Non
 def test_a_short_batch_is_padded_to_one_shape_per_size(
     batching, model_inputs, astronaut_rgb
 ) -> None:
-    """Runs of one size always have one input shape (CUDA plans kernels per shape), and the
-    blank rows change no face."""
-    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    """Batched runs of one size always have one input shape (CUDA plans kernels per shape), and
+    the blank rows change no face; an image run alone is not padded."""
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
     photos = [np.roll(astronaut_rgb, 60 * index, axis=1) for index in range(3)]
-    alone = [detector.detect(photo, score_floor=0.1) for photo in photos]
-    padded = detector.detect_batch(photos, score_floor=0.1)
-    assert model_inputs == [(4, 512, 512, 3)] * 4
+    images = [
+        decode_image(cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes())
+        for p in photos
+    ]
+    alone = [anonymizer.detect(image, score_floor=0.1) for image in images]
+    assert model_inputs == [(1, 512, 512, 3)] * 3
+    padded = anonymizer.detect_many(images, score_floor=0.1)
+    assert model_inputs[3:] == [(4, 512, 512, 3)]
     for one, other in zip(padded, alone, strict=True):
         assert len(one) == len(other) >= 1
-        np.testing.assert_allclose(one.xyxy, other.xyxy, atol=1e-3)
-        np.testing.assert_allclose(one.scores, other.scores, atol=1e-5)
+        for a, b in zip(one, other, strict=True):
+            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+            assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
 def test_large_images_get_smaller_batches(batching, monkeypatch) -> None:
