@@ -38,7 +38,7 @@ from prefect.utilities.annotations import opaque, quote
 from anon_tasks import __version__
 from anon_tasks.cache_keys import render_key
 from anon_tasks.dataset import file_fingerprints
-from anon_tasks.devices import available_devices
+from anon_tasks.devices import available_devices, device_slots
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.manifest import (
     MANIFEST_DIR,
@@ -434,6 +434,7 @@ def anonymize_dataset(
     started = time.perf_counter()
     limit_heap_growth()  # resident memory stays flat over thousands of images
     check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
+    device_slots()  # a malformed ANON_TASKS_DEVICE_SLOTS fails here, before any task
     model_sha = load_model_file(detection.model_path).sha256
     options = storage_options_for(run.storage_options, run.credentials_block)
     plan = _plan(source, dest, detection, masking, output, run, model_sha, options)

@@ -225,6 +225,15 @@ def test_dest_inside_source_is_refused_before_any_work(dataset, inside: str) -> 
     assert not (dataset / "sub").exists()
 
 
+def test_malformed_device_slots_fail_the_run_before_any_work(
+    dataset, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("ANON_TASKS_DEVICE_SLOTS", "many")
+    with pytest.raises(ConfigurationError, match="ANON_TASKS_DEVICE_SLOTS"):
+        run(dataset, tmp_path / "clean")
+    assert not (tmp_path / "clean").exists()
+
+
 def test_allowed_dest_inside_source(dataset) -> None:
     dest = dataset / "_anon_out"
     summary = run(
