@@ -4,9 +4,10 @@ On the CPU, one thread per core reads, decodes and detects one image at a time w
 single-threaded model run: images run side by side (the GIL is released in Pillow and ONNX
 Runtime). On CUDA, reads and decodes run on ``pipeline_threads()`` threads ahead of the model,
 which runs in the caller's thread on full batches of one image size: images wait (up to
-``BATCH_WINDOW_BATCHES`` batches of them) for others of their size, since every new input shape
-costs CUDA seconds of planning. Either way at most a few images are in flight: memory is bounded
-by the look-ahead and the window, not by the number of images.
+``BATCH_WINDOW_BATCHES`` batches of them, ``BATCH_WINDOW_BYTES`` of pixels) for others of their
+size, since every new input shape costs CUDA seconds of planning. Either way at most a few
+images are in flight: memory is bounded by the look-ahead and the window, not by the number of
+images.
 
 ``detect_faces`` (the Prefect task) wraps :func:`detect_images`; the GPU benchmark calls it
 directly.
@@ -116,6 +117,8 @@ def detect_images(
 
 #: Images held back to fill same-size batches, in batches (on CUDA: 4 x 8 decoded images).
 BATCH_WINDOW_BATCHES = 4
+#: ... and in bytes of decoded pixels, whichever comes first (32 photos of 12 MP are 1.2 GB).
+BATCH_WINDOW_BYTES = 512 * 1024 * 1024
 
 
 def _same_size_batches(
@@ -124,13 +127,15 @@ def _same_size_batches(
     """Detect images in batches of one network size, results in input order.
 
     Images are held back by :meth:`Anonymizer.batch_key` until their size has a full batch.
-    At most ``window`` images are held (waiting for a batch, or done and waiting for an earlier
-    one); when there are more, the batch holding the oldest image runs as it is. Images that
-    run alone (and per-image errors) are done as they come.
+    At most ``window`` images and ``BATCH_WINDOW_BYTES`` of their pixels are held (waiting for
+    a batch, or done and waiting for an earlier one); beyond either, the batch holding the
+    oldest image runs as it is. Images that run alone (and per-image errors) are done as they
+    come.
     """
     waiting: dict[tuple[int, int], list[tuple[int, FetchedImage]]] = {}
     done: dict[int, tuple[FetchedImage, tuple[Face, ...] | Exception]] = {}
     next_out = 0
+    held_bytes = 0
 
     def run(members: list[tuple[int, FetchedImage]]) -> None:
         outcomes = _detect_chunk(anonymizer, [item for _, item in members], score_floor)
@@ -138,15 +143,18 @@ def _same_size_batches(
             done[index] = (item, outcome)
 
     def ready() -> Iterator[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
-        nonlocal next_out
+        nonlocal next_out, held_bytes
         while next_out in done:
-            yield done.pop(next_out)
+            item, outcome = done.pop(next_out)
+            held_bytes -= _pixel_bytes(item)
             next_out += 1
+            yield item, outcome
 
     def run_oldest() -> None:
         run(waiting.pop(min(waiting, key=lambda size: waiting[size][0][0])))
 
     for index, item in enumerate(stream):
+        held_bytes += _pixel_bytes(item)
         key = anonymizer.batch_key(item.decoded) if item.decoded is not None else None
         if key is None:
             run([(index, item)])
@@ -156,12 +164,16 @@ def _same_size_batches(
             if len(members) >= anonymizer.detector.batch_size_for(key):
                 run(waiting.pop(key))
         yield from ready()
-        while waiting and index + 1 - next_out >= window:
+        while waiting and (index + 1 - next_out >= window or held_bytes > BATCH_WINDOW_BYTES):
             run_oldest()
             yield from ready()
     while waiting:
         run_oldest()
         yield from ready()
+
+
+def _pixel_bytes(item: FetchedImage) -> int:
+    return sum(frame.nbytes for frame in item.decoded.frames) if item.decoded is not None else 0
 
 
 def _detect_chunk(

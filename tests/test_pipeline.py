@@ -208,6 +208,47 @@ def test_a_rare_size_is_not_held_back_past_the_window(
     stream.close()
 
 
+def test_held_images_are_bounded_in_bytes_too(
+    batching, astronaut_rgb, tmp_path, monkeypatch
+) -> None:
+    """Large photos of all different sizes are not held by the dozen waiting for batches."""
+    from anon_tasks import pipeline
+    from anon_tasks.runtime import InferenceSession
+
+    # Room for about two of these images' pixels (512 x 512 x 3 = 786 KB each).
+    monkeypatch.setattr(pipeline, "BATCH_WINDOW_BYTES", 2 * 800_000)
+    events: list[str] = []
+    real_key, real_run = Anonymizer.batch_key, InferenceSession.run
+
+    def recording_key(self, image):
+        events.append("taken")
+        return real_key(self, image)
+
+    def recording_run(self, batch):
+        events.append("run")
+        return real_run(self, batch)
+
+    monkeypatch.setattr(Anonymizer, "batch_key", recording_key)
+    monkeypatch.setattr(InferenceSession, "run", recording_run)
+    names = []
+    for index in range(6):
+        size = (512 + 32 * index, 512)  # six network sizes: no batch ever fills
+        photo = cv2.resize(np.roll(astronaut_rgb, 30 * index, axis=1), size)
+        names.append(f"s{index}.png")
+        cv2.imwrite(str(tmp_path / names[-1]), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    refs = [ImageRef(relative_path=n, size_bytes=1, fingerprint=n) for n in names]
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+
+    results = list(detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4))
+
+    assert [fetched.image.relative_path for fetched, _ in results] == names
+    assert all(len(faces) >= 1 for _, faces in results)
+    assert events.count("run") == 6
+    # The first image ran once the third was taken, not after all six (the image window
+    # alone, 16 images, would have held them all).
+    assert events.index("run") <= 3
+
+
 def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb, tmp_path) -> None:
     photos = _photos(astronaut_rgb)
     refs = []
