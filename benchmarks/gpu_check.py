@@ -111,6 +111,51 @@ def model_throughput(detector: CenterFaceDetector, seconds: float) -> list[dict[
     return rows
 
 
+#: Input shapes (N, H, W) of the planning probe, and the cuDNN options it compares.
+PLANNING_SHAPES = ((1, 768, 1024), (2, 768, 1024), (1, 576, 1024))
+PLANNING_OPTIONS = {
+    "heuristic": {"cudnn_conv_algo_search": "HEURISTIC"},
+    "default": {"cudnn_conv_algo_search": "DEFAULT"},
+    "heuristic_nhwc": {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1"},
+}
+
+
+def shape_planning(device_id: int) -> list[dict[str, object]]:
+    """Seconds of the first and the second run of new input shapes on a fresh CUDA session, per
+    cuDNN algorithm-search option: what each new shape costs before it runs at speed."""
+    import onnxruntime as ort
+
+    from anon_tasks.model import load_model_file, prepare_for_inference
+    from anon_tasks.runtime import _session_options
+
+    model_bytes = prepare_for_inference(load_model_file(DetectionSettings().model_path).content)
+    rows = []
+    for label, options in PLANNING_OPTIONS.items():
+        session = ort.InferenceSession(
+            model_bytes,
+            sess_options=_session_options(1),
+            providers=[("CUDAExecutionProvider", {"device_id": device_id, **options})],
+        )
+        name = session.get_inputs()[0].name
+        for count, height, width in PLANNING_SHAPES:
+            pixels = {name: np.zeros((count, height, width, 3), np.uint8)}
+            timings = []
+            for _ in range(2):
+                started = time.perf_counter()
+                session.run(None, pixels)
+                timings.append(time.perf_counter() - started)
+            rows.append(
+                {
+                    "options": label,
+                    "shape": [count, height, width],
+                    "first_run_s": round(timings[0], 3),
+                    "second_run_ms": round(1000 * timings[1], 2),
+                }
+            )
+            print(f"  planning {rows[-1]}", flush=True)
+    return rows
+
+
 def model_only(detector: CenterFaceDetector, seconds: float) -> list[dict[str, object]]:
     """Images/s of the model alone: host batch in and out, then I/O binding on the device."""
     import onnxruntime as ort
@@ -370,8 +415,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--sections",
-        default="compare,model,model-only,end-to-end",
-        help="comma-separated subset of compare, model, model-only, end-to-end",
+        default="compare,model,model-only,planning,end-to-end",
+        help="comma-separated subset of compare, model, model-only, planning, end-to-end",
     )
     parser.add_argument("--batches", default="8", help="end-to-end batch sizes")
     parser.add_argument("--shapes", default="dev_shapes,1024x768", help="end-to-end datasets")
@@ -416,6 +461,13 @@ def main() -> int:
         except Exception as exc:  # a figure missing must not lose the others
             logger.exception("model-only timing failed")
             report["model_only"] = f"failed: {exc!r}"
+        save()
+    if "planning" in sections and providers[0] == "CUDAExecutionProvider":
+        try:
+            report["shape_planning"] = shape_planning(gpu._session.device_id or 0)
+        except Exception as exc:  # a figure missing must not lose the others
+            logger.exception("planning probe failed")
+            report["shape_planning"] = f"failed: {exc!r}"
         save()
     shapes_by_label = {"dev_shapes": DEV_SHAPES, "1024x768": [(1024, 768)]}
     for label in args.shapes.split(",") if "end-to-end" in sections else ():
