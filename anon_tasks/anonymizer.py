@@ -15,8 +15,8 @@ import numpy as np
 from anon_tasks.codec import DecodedImage, decode_image, encode_image, to_detector_rgb, with_frames
 from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import (
-    SCORE_FLOOR,
     CenterFaceDetector,
+    detection_floor,
     fits_one_pass,
     network_size_wh,
 )
@@ -91,7 +91,7 @@ class Anonymizer:
         faces: list[Face] = []
         for index, frame in enumerate(image.frames):
             found = self.detector.detect_quality(
-                to_detector_rgb(frame), self.detection.quality, score_floor=min(floor, SCORE_FLOOR)
+                to_detector_rgb(frame), self.detection.quality, score_floor=detection_floor(floor)
             )
             faces.extend(found.above(floor).to_faces(frame=index))
         return tuple(faces)
@@ -137,7 +137,7 @@ class Anonymizer:
                 chunk = members[start : start + batch_size]
                 found = self.detector.detect_batch(
                     [rgb for _, rgb in chunk],
-                    score_floor=min(floor, SCORE_FLOOR),
+                    score_floor=detection_floor(floor),
                     pad_to=batch_size,
                 )
                 for (index, _), faces in zip(chunk, found, strict=True):

@@ -526,5 +526,5 @@ class CenterFaceDetector:
         """Faces scoring above ``threshold`` (default: the settings' threshold) as values."""
         limit = self.settings.threshold if threshold is None else threshold
         return (
-            self.detect(rgb, score_floor=min(limit, SCORE_FLOOR)).above(limit).to_faces(frame=frame)
+            self.detect(rgb, score_floor=detection_floor(limit)).above(limit).to_faces(frame=frame)
         )
