@@ -18,7 +18,6 @@ from anon_tasks.detector import (
     CenterFaceDetector,
     detection_floor,
     fits_one_pass,
-    network_size_wh,
 )
 from anon_tasks.masking import mask_faces
 from anon_tasks.settings import (
@@ -97,10 +96,10 @@ class Anonymizer:
         return tuple(faces)
 
     def batch_key(self, image: DecodedImage) -> tuple[int, int] | None:
-        """The network input size ``image`` is batched under, or None when it runs alone.
+        """The model input (canvas) size ``image`` is batched under, or None when it runs alone.
 
         Where the device gains from batches (CUDA), a single-frame image that balanced mode
-        runs in one pass is batched with others of the same network input size.
+        runs in one pass is batched with others of the same canvas size.
         """
         if (
             self.detector.batch_size == 1
@@ -111,7 +110,7 @@ class Anonymizer:
         height, width = image.frames[0].shape[:2]
         if not fits_one_pass(height, width):
             return None
-        return network_size_wh(width, height)
+        return self.detector.canvas_size_wh(width, height)
 
     def detect_many(
         self, images: Sequence[DecodedImage], *, score_floor: float | None = None

@@ -115,10 +115,12 @@ class FaceArrays:
 
 def network_size_wh(width: int, height: int) -> tuple[int, int]:
     """The network input size for an image: each side rounded up to a multiple of 32."""
-    return (
-        -(-width // _SIDE_MULTIPLE) * _SIDE_MULTIPLE,
-        -(-height // _SIDE_MULTIPLE) * _SIDE_MULTIPLE,
-    )
+    return _rounded_up_wh((width, height), _SIDE_MULTIPLE)
+
+
+def _rounded_up_wh(size_wh: tuple[int, int], multiple: int) -> tuple[int, int]:
+    width, height = size_wh
+    return -(-width // multiple) * multiple, -(-height // multiple) * multiple
 
 
 def nms_xyxy(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_IOU) -> np.ndarray:
@@ -146,17 +148,21 @@ def nms_xyxy(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_IO
 def decode_outputs(
     outputs: list[np.ndarray], size_wh: tuple[int, int], score_floor: float, index: int = 0
 ) -> FaceArrays:
-    """Turn one image's network outputs into suppressed boxes in network-input pixels."""
+    """Turn one image's network outputs into suppressed boxes in network-input pixels.
+
+    ``size_wh`` is the image's network size; where the model ran on a larger canvas (the image
+    at its top left, black beyond), only the outputs over the image are read.
+    """
+    width, height = size_wh
     heatmap = outputs[HEATMAP][index, 0]
     scale, offset, landmarks = (
         outputs[SCALE][index],
         outputs[OFFSET][index],
         outputs[LANDMARKS][index],
     )
-    rows, cols = np.nonzero(heatmap > score_floor)
+    rows, cols = np.nonzero(heatmap[: height // _STRIDE, : width // _STRIDE] > score_floor)
     if rows.size == 0:
         return FaceArrays.empty()
-    width, height = size_wh
     box_h = np.exp(scale[0, rows, cols]) * _STRIDE
     box_w = np.exp(scale[1, rows, cols]) * _STRIDE
     centre_y = (rows + offset[0, rows, cols] + 0.5) * _STRIDE
@@ -204,6 +210,13 @@ def _overview_scale(height: int, width: int, largest: float) -> float:
 
 #: Same-size images per model run on CUDA (see docs/benchmarks.md for the measurement).
 CUDA_BATCH_SIZE = 8
+#: On CUDA, the model's input canvas has sides in multiples of this many pixels: each image is
+#: resized to its network size (multiples of 32, as the reference does) and placed at the
+#: canvas's top left, black beyond. CUDA plans its kernels for every new input shape (about 2 s
+#: each, docs/benchmarks.md); the WIDER dev set's 41 network sizes fall on 24 canvases. Over
+#: that set the faces above 0.4 are the same, boxes within 0.08 px (benchmarks/input_grid.py;
+#: a 128 px grid, 13 canvases, loses 3 of 2,219 faces near the bottom edges).
+CUDA_CANVAS_GRID_PX = 64
 #: Most network-input pixels in one CUDA run: eight 1024x1536 inputs; larger images get smaller
 #: batches, down to one image (a run holds GPU memory in proportion to its pixels).
 CUDA_BATCH_PIXELS = 13_000_000
@@ -305,24 +318,33 @@ def side_by_side_runs() -> Iterator[None]:
 
 
 def network_batch(
-    images: list[np.ndarray], size_wh: tuple[int, int], *, rows: int | None = None
+    images: list[np.ndarray], canvas_wh: tuple[int, int], *, rows: int | None = None
 ) -> np.ndarray:
-    """The model's input: the images resized to the network size, as one uint8 NHWC batch.
+    """The model's input: each image resized to its network size, as one uint8 NHWC batch.
 
     The resize is the reference's (``cv2.dnn.blobFromImage``: bilinear on the uint8 pixels, no
     crop) and the model converts to float inside its graph, so the network sees exactly the
-    reference's tensor while only a quarter of its bytes are built and copied. ``rows`` pads
-    the batch with black images up to that many (their outputs are ignored).
+    reference's tensor while only a quarter of its bytes are built and copied. An image whose
+    network size is smaller than ``canvas_wh`` sits at the top left, black beyond. ``rows``
+    pads the batch with black images up to that many (their outputs are ignored).
     """
-    width, height = size_wh
+    width, height = canvas_wh
     rows = len(images) if rows is None else max(rows, len(images))
     batch = np.empty((rows, height, width, 3), dtype=np.uint8)
     batch[len(images) :] = 0
     for index, rgb in enumerate(images):
-        if rgb.shape[:2] == (height, width):
-            batch[index] = rgb
+        net_w, net_h = network_size_wh(rgb.shape[1], rgb.shape[0])
+        if net_w > width or net_h > height:
+            raise ValueError(f"a {net_w}x{net_h} network input exceeds the {width}x{height} canvas")
+        if (net_w, net_h) != (width, height):
+            batch[index] = 0
+        if rgb.shape[:2] == (net_h, net_w):
+            batch[index, :net_h, :net_w] = rgb
+        elif (net_w, net_h) == (width, height):
+            cv2.resize(rgb, (net_w, net_h), dst=batch[index], interpolation=cv2.INTER_LINEAR)
         else:
-            cv2.resize(rgb, size_wh, dst=batch[index], interpolation=cv2.INTER_LINEAR)
+            resized = cv2.resize(rgb, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+            batch[index, :net_h, :net_w] = resized
     return batch
 
 
@@ -384,10 +406,21 @@ class CenterFaceDetector:
         (where a batch runs no faster per image than single images)."""
         return CUDA_BATCH_SIZE if self._session.provider == CUDA_PROVIDER else 1
 
-    def batch_size_for(self, network_wh: tuple[int, int]) -> int:
-        """Images per model run for inputs of ``network_wh`` pixels: :attr:`batch_size`, less
+    @property
+    def canvas_grid_px(self) -> int:
+        """Multiple of the model input's sides: ``CUDA_CANVAS_GRID_PX`` on CUDA (fewer input
+        shapes to plan), 32 on the CPU (the network size itself, as the reference runs)."""
+        return CUDA_CANVAS_GRID_PX if self._session.provider == CUDA_PROVIDER else _SIDE_MULTIPLE
+
+    def canvas_size_wh(self, width: int, height: int) -> tuple[int, int]:
+        """The model input's size for an image of ``width`` x ``height``: its network size
+        rounded up to :attr:`canvas_grid_px`. Images of one canvas size can share a run."""
+        return _rounded_up_wh(network_size_wh(width, height), self.canvas_grid_px)
+
+    def batch_size_for(self, canvas_wh: tuple[int, int]) -> int:
+        """Images per model run for inputs of ``canvas_wh`` pixels: :attr:`batch_size`, less
         where the batch would exceed ``CUDA_BATCH_PIXELS``."""
-        width, height = network_wh
+        width, height = canvas_wh
         return max(1, min(self.batch_size, CUDA_BATCH_PIXELS // (width * height)))
 
     def detect(self, rgb: np.ndarray, *, score_floor: float = SCORE_FLOOR) -> FaceArrays:
@@ -406,12 +439,12 @@ class CenterFaceDetector:
         score_floor: float = SCORE_FLOOR,
         pad_to: int | None = None,
     ) -> list[FaceArrays]:
-        """Detect faces in images of one shape with one model run (faster on GPUs).
+        """Detect faces in images of one canvas size with one model run (faster on GPUs).
 
         Each image is preprocessed exactly as alone, so the boxes are those of :meth:`detect`.
 
         Args:
-            images: Upright uint8 HxWx3 RGB images, all of the same height and width.
+            images: Upright uint8 HxWx3 RGB images, all of one :meth:`canvas_size_wh`.
             score_floor: Lowest score kept.
             pad_to: Run at least this many images, padding with blank ones (their outputs
                 are ignored). Batched callers pass :meth:`batch_size_for` the size, so every
@@ -423,19 +456,20 @@ class CenterFaceDetector:
                 raise ValueError(f"expected an HxWx3 uint8 RGB image, got {rgb.shape} {rgb.dtype}")
         if not images:
             return []
-        height, width = images[0].shape[:2]
-        if any(rgb.shape[:2] != (height, width) for rgb in images):
-            raise ValueError("detect_batch needs images of one size")
-        if height == 0 or width == 0:
+        if any(rgb.shape[0] == 0 or rgb.shape[1] == 0 for rgb in images):
             raise ImageError("image has no pixels")
-        net_w, net_h = network_size_wh(width, height)
+        canvas_wh = self.canvas_size_wh(images[0].shape[1], images[0].shape[0])
+        if any(self.canvas_size_wh(rgb.shape[1], rgb.shape[0]) != canvas_wh for rgb in images):
+            raise ValueError("detect_batch needs images of one canvas size")
         rows = max(len(images), pad_to or 0)
-        session = self._session_for(net_w * net_h * rows)
-        outputs = session.run(network_batch(images, (net_w, net_h), rows=rows))
+        session = self._session_for(canvas_wh[0] * canvas_wh[1] * rows)
+        outputs = session.run(network_batch(images, canvas_wh, rows=rows))
         self.inference_count += len(images)
-        scale_xy = np.array([net_w / width, net_h / height], dtype=np.float32)
         results = []
-        for index in range(len(images)):
+        for index, rgb in enumerate(images):
+            height, width = rgb.shape[:2]
+            net_w, net_h = network_size_wh(width, height)
+            scale_xy = np.array([net_w / width, net_h / height], dtype=np.float32)
             found = decode_outputs(outputs, (net_w, net_h), score_floor, index)
             if len(found):
                 found = FaceArrays(

@@ -37,7 +37,9 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def assert_same_as_reference(ours: FaceArrays, reference, rgb: np.ndarray) -> None:
+def assert_same_as_reference(
+    ours: FaceArrays, reference, rgb: np.ndarray, *, score_tolerance: float = 1e-3
+) -> None:
     ref_dets, ref_landmarks = reference(rgb, threshold=THRESHOLD)
     assert len(ours) == len(ref_dets)
     if len(ours) == 0:
@@ -47,7 +49,7 @@ def assert_same_as_reference(ours: FaceArrays, reference, rgb: np.ndarray) -> No
     nearest = distance.argmin(axis=1)
     assert len(set(nearest.tolist())) == len(nearest), "two reference boxes matched one of ours"
     assert distance[np.arange(len(nearest)), nearest].max() <= 1.0
-    np.testing.assert_allclose(ours.scores[nearest], ref_dets[:, 4], atol=1e-3)
+    np.testing.assert_allclose(ours.scores[nearest], ref_dets[:, 4], atol=score_tolerance)
     ref_points = ref_landmarks.reshape(-1, 5, 2)
     assert np.abs(ours.landmarks_xy[nearest] - ref_points).max() <= 1.0
 
@@ -151,7 +153,7 @@ def test_batch_gives_the_boxes_of_single_images(detector, astronaut_rgb) -> None
         assert len(found) == len(alone) >= 1
         np.testing.assert_allclose(found.xyxy, alone.xyxy, atol=1e-3)
         np.testing.assert_allclose(found.scores, alone.scores, atol=1e-5)
-    with pytest.raises(ValueError, match="one size"):
+    with pytest.raises(ValueError, match="one canvas size"):
         detector.detect_batch([images[0], images[0][:100]])
 
 
@@ -235,3 +237,36 @@ def test_every_pass_is_bounded_by_the_tile_above_the_budgets(
     # The astronaut's face (5x the 512 px photo) is still found where it is.
     best = found.xyxy[np.argmax(found.scores)]
     np.testing.assert_allclose(best / 5, (181, 58, 270, 178), atol=15)
+
+
+def test_a_cuda_canvas_finds_the_faces_of_the_reference(detector, reference, monkeypatch) -> None:
+    """On CUDA images run on a canvas with sides in multiples of 64 px (fewer input shapes to
+    plan), black right of and below the network-sized image: the faces stay the reference's.
+    Checked on WIDER crowds whose network sizes are not already on that grid."""
+    from anon_tasks import detector as detector_module
+
+    grid = detector_module.CUDA_CANVAS_GRID_PX
+    monkeypatch.setattr(CenterFaceDetector, "canvas_grid_px", property(lambda self: grid))
+    inputs: list[tuple[int, ...]] = []
+    real_batch = detector_module.network_batch
+
+    def recording_batch(images, canvas_wh, *, rows=None):
+        batch = real_batch(images, canvas_wh, rows=rows)
+        inputs.append(batch.shape)
+        return batch
+
+    monkeypatch.setattr(detector_module, "network_batch", recording_batch)
+    padded = total = 0
+    for path in wider_images():
+        rgb = read_rgb(path)
+        ours = detector.detect(rgb, score_floor=THRESHOLD)
+        height, width = inputs[-1][1:3]
+        assert (width % grid, height % grid) == (0, 0)
+        if (-(-rgb.shape[0] // 32) * 32, -(-rgb.shape[1] // 32) * 32) != (height, width):
+            padded += 1
+            # The black margin moves scores a little (at most 0.0046 over the dev set's 2,219
+            # faces, against 0.00024 between CUDA and the CPU): same faces, same boxes.
+            assert_same_as_reference(ours, reference, rgb, score_tolerance=0.01)
+            total += len(ours)
+    assert padded >= 5  # the comparison really covered padded canvases
+    assert total > 100

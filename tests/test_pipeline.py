@@ -155,6 +155,40 @@ def test_large_images_get_smaller_batches(batching, monkeypatch) -> None:
     assert detector.batch_size_for((4000, 3000)) == 1
 
 
+def test_nearby_sizes_share_a_canvas_and_keep_their_faces(
+    batching, model_inputs, astronaut_rgb, monkeypatch
+) -> None:
+    """With CUDA's 64 px canvas grid, images 480 and 512 px tall at network size run in one
+    512 x 512 batch (the shorter at the top left, black below) and keep the faces each had at
+    its own network size."""
+    from anon_tasks import detector as detector_module
+
+    sizes = [(512, 512), (512, 470), (500, 500), (512, 450)]  # network heights 512/480/512/480
+    photos = [
+        cv2.resize(np.roll(astronaut_rgb, 40 * index, axis=1), size, interpolation=cv2.INTER_AREA)
+        for index, size in enumerate(sizes)
+    ]
+    images = [
+        decode_image(cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes())
+        for p in photos
+    ]
+    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    reference = [anonymizer.detect(image, score_floor=0.4) for image in images]
+    assert sorted(set(model_inputs)) == [(1, 480, 512, 3), (1, 512, 512, 3)]
+    grid = detector_module.CUDA_CANVAS_GRID_PX
+    monkeypatch.setattr(CenterFaceDetector, "canvas_grid_px", property(lambda self: grid))
+    model_inputs.clear()
+
+    on_canvas = anonymizer.detect_many(images, score_floor=0.4)
+
+    assert model_inputs == [(4, 512, 512, 3)]
+    for found, expected in zip(on_canvas, reference, strict=True):
+        assert len(found) == len(expected) >= 1
+        for a, b in zip(found, expected, strict=True):
+            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.5)
+            assert a.score == pytest.approx(b.score, abs=0.01)
+
+
 def test_mixed_sizes_run_in_full_batches_of_one_size(
     batching, model_inputs, astronaut_rgb, tmp_path
 ) -> None:
