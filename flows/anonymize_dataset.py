@@ -308,8 +308,11 @@ def _process(
                 outcome.devices.add(detections.device)
         progress.advance(shard_run.size)
 
+    # Largest shards first: nothing overlaps the last shard's masking and writing, so the
+    # smallest one goes last.
+    ordered = sorted(plan.todo, key=len, reverse=True)
     with ThreadPoolTaskRunner(max_workers=3 * len(devices)) as runner:
-        for index, shard in enumerate(plan.todo):
+        for index, shard in enumerate(ordered):
             found = runner.submit(
                 detect,
                 {

@@ -120,6 +120,24 @@ def test_first_run_writes_every_image_and_a_manifest(dataset, tmp_path) -> None:
     assert not list(dest.rglob(".anon-tmp-*"))
 
 
+def test_largest_shards_are_detected_first(dataset, tmp_path, monkeypatch) -> None:
+    """The smallest shard goes last: its masking and writing are what no detection overlaps."""
+    from anon_tasks import tasks
+
+    sizes: list[int] = []
+    real_detect_images = tasks.detect_images
+
+    def recording(anonymizer, source, images, *args, **kwargs):
+        sizes.append(len(images))
+        return real_detect_images(anonymizer, source, images, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "detect_images", recording)
+    run(dataset, tmp_path / "out", run=RunSettings(shard_size=3, allow_failures=True))
+    assert sum(sizes) == 7  # six photos and the broken file
+    assert len(set(sizes)) > 1  # shards of several sizes, so the order is really tested
+    assert sizes == sorted(sizes, reverse=True)
+
+
 def test_failures_end_the_run_failed_naming_the_files(dataset, tmp_path) -> None:
     state = anonymize_dataset(str(dataset), str(tmp_path / "out"), CPU, run=RUN, return_state=True)
     assert state.is_failed()
