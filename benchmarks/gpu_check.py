@@ -404,6 +404,21 @@ def run_variant(
 
 #: Network sizes of the WIDER dev set's most common shapes (1,024 px wide), in proportion.
 DEV_SHAPES = [(1024, 683)] * 6 + [(1024, 768)] * 5 + [(1024, 576)] * 2 + [(1024, 1536)] * 1
+#: All 41 network heights of the WIDER dev set's 293 images (1,024 px wide), with their counts:
+#: what a real dataset's mix of sizes costs in CUDA planning (24 canvases at the 64 px grid).
+DEV_SET_HEIGHTS = {
+    320: 1, 352: 1, 384: 3, 416: 2, 448: 3, 480: 1, 512: 6, 544: 1, 576: 24, 608: 10, 640: 8,
+    672: 12, 704: 59, 736: 11, 768: 54, 800: 7, 832: 11, 864: 4, 896: 6, 928: 1, 960: 1,
+    1024: 6, 1056: 2, 1088: 1, 1120: 1, 1152: 2, 1184: 5, 1248: 1, 1280: 1, 1312: 2, 1344: 2,
+    1376: 10, 1408: 4, 1440: 2, 1472: 2, 1504: 2, 1536: 12, 1568: 9, 1632: 1, 1792: 1, 1824: 1,
+}  # fmt: skip
+
+
+def dev_set_shapes() -> list[tuple[int, int]]:
+    """The dev set's 293 sizes in a fixed shuffled order (sizes arrive mixed, as in a folder)."""
+    shapes = [(1024, height) for height, count in DEV_SET_HEIGHTS.items() for _ in range(count)]
+    order = np.random.default_rng(0).permutation(len(shapes))
+    return [shapes[index] for index in order]
 
 
 def main() -> int:
@@ -419,7 +434,12 @@ def main() -> int:
         help="comma-separated subset of compare, model, model-only, planning, end-to-end",
     )
     parser.add_argument("--batches", default="8", help="end-to-end batch sizes")
-    parser.add_argument("--shapes", default="dev_shapes,1024x768", help="end-to-end datasets")
+    parser.add_argument(
+        "--shapes",
+        default="dev_shapes,1024x768",
+        help="end-to-end datasets: dev_shapes (the dev set's 4 commonest sizes), dev_set (all "
+        "41 of its network sizes, in proportion), 1024x768",
+    )
     parser.add_argument(
         "--variants",
         default="stages,threads,threads-switch1ms,processes-2,processes-4,processes-4-pinned",
@@ -469,7 +489,11 @@ def main() -> int:
             logger.exception("planning probe failed")
             report["shape_planning"] = f"failed: {exc!r}"
         save()
-    shapes_by_label = {"dev_shapes": DEV_SHAPES, "1024x768": [(1024, 768)]}
+    shapes_by_label = {
+        "dev_shapes": DEV_SHAPES,
+        "dev_set": dev_set_shapes(),
+        "1024x768": [(1024, 768)],
+    }
     for label in args.shapes.split(",") if "end-to-end" in sections else ():
         source = args.work / f"src-{label}"
         names = write_dataset(source, args.images, shapes_by_label[label])
