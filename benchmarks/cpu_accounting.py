@@ -110,13 +110,13 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no images under {args.folder}")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    cores = len(os.sched_getaffinity(0))
     print(f"machine: {machine_description()}")
     print(f"images: {len(files)} from {args.folder}")
 
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from anon_tasks.concurrency import available_cores
     from anon_tasks.detector import CenterFaceDetector
     from anon_tasks.flows import anonymize_dataset
     from anon_tasks.settings import DetectionSettings
@@ -136,6 +136,7 @@ def main() -> None:
             server = _children_cpu_seconds() - server_before
 
     n = summary.images_total
+    cores = available_cores()
     staged = sum(clock.seconds.values())
     print(f"flow: {wall:.2f} s wall, {summary.images_inferred} inferred, {cores} cores")
     print(f"{'where':34} {'CPU s':>7} {'ms/image':>9} {'share':>6}  calls")
