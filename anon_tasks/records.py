@@ -21,6 +21,7 @@ __all__ = [
     "RunSummary",
     "ShardDetections",
     "SidecarRef",
+    "SkippedEntry",
 ]
 
 
@@ -60,6 +61,11 @@ class ImageDetections(_Record):
     score_floor: float
     frame_count: int = 0
     error: str | None = None
+    content_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the exact bytes the faces were detected in; masking refuses "
+        "bytes with another digest.",
+    )
 
 
 class ShardDetections(_Record):
@@ -77,6 +83,21 @@ class ImageStatus(StrEnum):
     WRITTEN = "written"
     UNCHANGED = "unchanged"
     FAILED = "failed"
+    #: Listed in the source but not processed (not an image, not a regular file, a bad name).
+    SKIPPED = "skipped"
+    #: Its source is gone (or failed): the output a previous run wrote was deleted.
+    REMOVED = "removed"
+
+
+class SkippedEntry(_Record):
+    """An entry of the source that is not processed, and why (it becomes a ``skipped`` row)."""
+
+    relative_path: str = Field(
+        description="POSIX path relative to the source root; bytes that are not UTF-8 are "
+        "shown as \\xNN escapes."
+    )
+    reason: str
+    fingerprint: str = ""
 
 
 class ManifestFace(_Record):
@@ -98,10 +119,22 @@ class ManifestRow(_Record):
     output: str | None = Field(description="Path relative to dest, or null when failed.")
     status: ImageStatus
     faces: tuple[ManifestFace, ...] = Field(
-        default=(), description="Faces at or above the threshold, before mask_scale."
+        default=(), description="Faces scored above the threshold, before mask_scale."
     )
     error: str | None = None
     source_fingerprint: str
+    source_sha256: str | None = Field(
+        default=None, description="SHA-256 of the source bytes the faces were detected in."
+    )
+    listed_at_ns: int | None = Field(
+        default=None, description="When the run that read the source listed it (Unix ns)."
+    )
+    sidecars: tuple[str, ...] = Field(
+        default=(), description="Caption sidecars this run wrote beside the output, in dest."
+    )
+    refused_sidecars: tuple[str, ...] = Field(
+        default=(), description="Sidecars not copied, each as 'path: reason'."
+    )
     output_fingerprint: str | None = None
     render_key: str | None = Field(
         default=None, description="Digest of everything that determines the output bytes."
@@ -120,6 +153,10 @@ class RunSummary(_Record):
     images_written: int = 0
     images_unchanged: int = 0
     images_failed: int = 0
+    images_skipped: int = Field(default=0, description="Source entries not processed.")
+    images_removed: int = Field(
+        default=0, description="Outputs deleted because their source is gone or failed."
+    )
     images_inferred: int = Field(default=0, description="Images the model ran on in this run.")
     images_read: int = Field(default=0, description="Source images read in this run.")
     faces_found: int = 0

@@ -6,7 +6,11 @@ bounds: the Prefect UI turns them into a form (the method becomes a dropdown).
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
@@ -29,10 +33,105 @@ __all__ = [
     "Quality",
     "RunSettings",
     "build_settings",
+    "looks_like_secret_name",
+    "looks_like_secret_value",
 ]
 
-_SECRET_KEY = re.compile(r"secret|token|password|passwd|(^|_)key$|credential", re.IGNORECASE)
+#: Marks of a credential's name, found anywhere in it once case and separators are gone
+#: (``AWS_SECRET_ACCESS_KEY``, ``accessKeyId``, ``aws.secret``, ``apikey``, ``sasToken``).
+_SECRET_KEY = re.compile(
+    r"secret|token|pass|pwd|cred|auth|session|signature|private|bearer|cookie|key"
+    r"|connectionstring|connstr|hmac"
+)
+#: Short marks that count only as a whole word of the name (``sas_url``, ``sig``, ``pw``).
+_SECRET_WORDS = frozenset({"sas", "sig", "pw", "jwt", "otp", "pat"})
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+#: Values that are credentials whatever their name: an AWS access key id, a private key, an
+#: Azure account key or SAS signature, GitHub/Slack/Google tokens, a JWT, a URL with a password.
+_SECRET_VALUE = re.compile(
+    r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY"
+    r"|(?i:accountkey=|sharedaccesssignature=|(?:^|[?&])sig=)"
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_|\bxox[abprs]-"
+    r"|\bAIza[0-9A-Za-z_-]{35}|\bya29\.|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]"
+    r"|[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@"
+)
+#: A run of characters a random key is written in, long enough to be one.
+_RANDOM_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+#: Bits per character above which a mixed-case run with digits counts as random: random
+#: base64 of 40 characters (an AWS secret key) has ~4.8; paths and names stay below ~4.3.
+_RANDOM_BITS_PER_CHAR = 4.3
+#: What replaces a credential before validation, so that no error ever holds it.
+_HIDDEN = "<hidden: looks like a credential>"
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|cpu:\d+)$")
+
+
+def looks_like_secret_name(name: str) -> bool:
+    """Whether an option or field name looks like it holds a credential.
+
+    Errs on the side of yes: any name with ``secret``, ``token``, ``pass``, ``pwd``,
+    ``cred``, ``auth``, ``session``, ``signature``, ``private``, ``bearer``, ``cookie``,
+    ``key``, ``hmac`` or ``connection_string`` in it, whatever its case and separators
+    (``_``, ``-``, ``.``, camelCase), and names with the word ``sas``, ``sig``, ``pw``,
+    ``jwt``, ``otp`` or ``pat``.
+    """
+    name = unicodedata.normalize("NFKC", name)
+    if _SECRET_KEY.search(re.sub(r"[^a-z0-9]", "", name.lower())):
+        return True
+    words = re.split(r"[^a-z0-9]+", _WORD_BOUNDARY.sub("_", name).lower())
+    return not _SECRET_WORDS.isdisjoint(words)
+
+
+def looks_like_secret_value(value: object) -> bool:
+    """Whether a value (a string, or strings inside lists and mappings) looks like a credential.
+
+    Known shapes (an AWS access key id ``AKIA...``/``ASIA...``, a PEM private key, an Azure
+    account key or SAS ``sig=``, GitHub, Slack and Google tokens, a JWT, a URL with a
+    password); a run of 32 or more hex digits with letters among them (a hex key); and any run
+    of 32 or more base64 characters mixing upper case, lower case and digits whose entropy is
+    above 4.3 bits per character (a random key: an AWS secret key has ~4.8; paths and names
+    stay below). Short human passwords cannot be told from words: their names give them away.
+    """
+    return _looks_secret(value, depth=0)
+
+
+def _looks_secret(value: object, depth: int) -> bool:
+    if isinstance(value, str):
+        text = unicodedata.normalize("NFKC", value)
+        return bool(_SECRET_VALUE.search(text)) or any(
+            _is_random(run) for run in _RANDOM_RUN.findall(text)
+        )
+    if isinstance(value, bytes):
+        return _looks_secret(value.decode("utf-8", "replace"), depth)
+    if depth >= 8:
+        return False
+    if isinstance(value, Mapping):
+        return any(
+            (isinstance(key, str) and looks_like_secret_name(key))
+            or _looks_secret(key, depth + 1)
+            or _looks_secret(item, depth + 1)
+            for key, item in value.items()
+        )
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_looks_secret(item, depth + 1) for item in value)
+    return False
+
+
+def _is_random(run: str) -> bool:
+    if run.isdigit():
+        return False
+    hexadecimal = all(char in "0123456789abcdefABCDEF" for char in run)
+    if hexadecimal and any(char.isalpha() for char in run):
+        return True  # a hex key or digest of 128 bits or more
+    if not (
+        any(char.isupper() for char in run)
+        and any(char.islower() for char in run)
+        and any(char.isdigit() for char in run)
+    ):
+        return False
+    counts = Counter(run)
+    bits = -sum(count / len(run) * math.log2(count / len(run)) for count in counts.values())
+    return bits > _RANDOM_BITS_PER_CHAR
 
 
 class AnonymizeMethod(StrEnum):
@@ -53,7 +152,30 @@ class Quality(StrEnum):
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    # hide_input_in_errors: a ValidationError's text never repeats what was given.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_enum_values=False, hide_input_in_errors=True
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_secret_extras(cls, data: Any) -> Any:
+        """An unknown field that looks like a credential is refused without its value.
+
+        Its value is replaced before validation, so the ``extra_forbidden`` error holds the
+        marker, even in an outer model (a Prefect flow's parameters) that shows inputs.
+        """
+        if not isinstance(data, Mapping):
+            return data
+        secret = [
+            key
+            for key, value in data.items()
+            if key not in cls.model_fields
+            and ((isinstance(key, str) and looks_like_secret_name(key)) or _looks_secret(value, 0))
+        ]
+        if not secret:
+            return data
+        return {key: (_HIDDEN if key in secret else value) for key, value in data.items()}
 
 
 class DetectionSettings(_Settings):
@@ -161,11 +283,6 @@ class RunSettings(_Settings):
         description="End the run Completed even when some images could not be anonymised "
         "(they are listed in the manifest either way).",
     )
-    allow_dest_inside_source: bool = Field(
-        default=False,
-        description="Allow dest to be inside (or equal to) source. Off: such a run is refused, "
-        "since outputs would be listed as inputs next time.",
-    )
     caption_note: str | None = Field(
         default=None,
         max_length=500,
@@ -203,16 +320,65 @@ class RunSettings(_Settings):
         "Images are assigned by a hash of their path.",
     )
 
+    # _no_secrets must be defined before _hide_secrets: pydantic wraps validators in the order
+    # they are defined, so _hide_secrets (before) runs first and _no_secrets (after) sees, and
+    # its error holds, the hidden copy.
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, value: dict[str, object]) -> dict[str, object]:
-        secret = [key for key in value if _SECRET_KEY.search(key)]
-        if secret:
+        """Refuse options whose name or value looks like a credential, naming only the keys."""
+        hidden_keys = sum(1 for key in value if key.startswith(_HIDDEN))
+        names = [
+            key for key in value if not key.startswith(_HIDDEN) and looks_like_secret_name(key)
+        ]
+        values = [
+            key
+            for key, item in value.items()
+            if not key.startswith(_HIDDEN)
+            and key not in names
+            and (item == _HIDDEN or looks_like_secret_value(item))
+        ]
+        problems = []
+        if names:
+            problems.append(f"the option names {names} look like credentials")
+        if values:
+            problems.append(
+                f"the values of {values} look like credentials (an access key id, a token or "
+                "a long random string)"
+            )
+        if hidden_keys:
+            problems.append(f"{hidden_keys} option name(s) look like a credential value")
+        if problems:
             raise ValueError(
-                f"{secret} look like credentials: keep secrets out of parameters and use "
-                "credentials_block or the AWS credential chain"
+                "; ".join(problems) + ": keep secrets out of parameters (the Prefect UI and "
+                "database show them) and use credentials_block or the AWS credential chain"
             )
         return value
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _hide_secrets(cls, value: Any) -> Any:
+        """Replace what looks like a credential before any validation, so no error holds it.
+
+        Secret-looking names keep their key with a marker value; secret-looking values become
+        the marker; a key that itself looks like a secret is renamed; a value of a wrong type
+        becomes ``[marker]`` (still refused as a wrong type, without repeating it).
+        """
+        if not isinstance(value, Mapping):
+            return _HIDDEN  # not a mapping: refused by the type check, without its text
+        hidden: dict[Any, Any] = {}
+        changed = False
+        for index, (key, item) in enumerate(value.items()):
+            new_key, new_item = key, item
+            if isinstance(key, str) and _looks_secret(key, 0):
+                new_key = f"{_HIDDEN} #{index}"
+            if (isinstance(key, str) and looks_like_secret_name(key)) or _looks_secret(item, 0):
+                new_item = _HIDDEN
+            elif not isinstance(item, str | int | float | bool):
+                new_item = [_HIDDEN]
+            changed = changed or new_key is not key or new_item is not item
+            hidden[new_key] = new_item
+        return hidden if changed else value
 
     @model_validator(mode="after")
     def _check_partition(self) -> RunSettings:
@@ -262,11 +428,38 @@ def build_settings(model: type[_S], **values: Any) -> _S:
 
 
 def configuration_error(exc: ValidationError, model: type[BaseModel]) -> ConfigurationError:
-    """Turn a pydantic ``ValidationError`` into one readable ``ConfigurationError``."""
+    """Turn a pydantic ``ValidationError`` into one readable ``ConfigurationError``.
+
+    The message repeats the value given, except where it may be a credential: anything under
+    ``storage_options``, a field or key whose name looks like a credential, a value that looks
+    like one, and errors about the whole model (whose input is every value at once).
+    """
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or model.__name__
-    allowed = _allowed_range(model, str(first["loc"][0])) if first["loc"] else ""
-    message = f"{field}={first.get('input')!r} is invalid: {first['msg']}"
+    loc = first["loc"]
+    field = ".".join(str(part) for part in loc) or model.__name__
+    allowed = _allowed_range(model, str(loc[0])) if loc else ""
+    value = first.get("input")
+    reason = str(first["msg"])
+    if _may_hold_secret(loc, value):
+        shown = "<hidden>"
+        if isinstance(value, str) and value:
+            reason = reason.replace(value, "<hidden>")
+    else:
+        shown = repr(value)
+    message = f"{field}={shown} is invalid: {reason}"
     if allowed:
         message += f" (allowed: {allowed})"
     return ConfigurationError(message, field=field)
+
+
+def _may_hold_secret(loc: tuple[int | str, ...], value: object) -> bool:
+    if not loc:
+        return True
+    return (
+        any(
+            part == "storage_options" or (isinstance(part, str) and looks_like_secret_name(part))
+            for part in loc
+        )
+        or _looks_secret(value, 0)
+        or (isinstance(value, str) and value.startswith(_HIDDEN))
+    )

@@ -117,3 +117,73 @@ def test_rewritten_model_sees_the_reference_float_tensor(astronaut_rgb) -> None:
 def test_rewrite_refuses_garbage() -> None:
     with pytest.raises(ModelError, match="not a valid ONNX model"):
         prepare_for_inference(b"definitely not protobuf")
+
+
+def test_a_fifo_as_model_path_fails_at_once(tmp_path, monkeypatch) -> None:
+    import os
+    import threading
+    import time
+
+    monkeypatch.setattr(model_module, "_cache", {})
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    caught: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_model_file(str(fifo))
+        except BaseException as exc:
+            caught.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # release a reader blocked in open() before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO as the model blocked")
+    assert time.monotonic() - started < 2
+    assert len(caught) == 1
+    assert isinstance(caught[0], ModelError)
+    assert "FIFO" in str(caught[0])
+    assert "model.onnx" in str(caught[0])
+
+
+def test_model_reads_are_bounded_in_size_and_time(tmp_path, monkeypatch) -> None:
+    import time
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    monkeypatch.setattr(model_module, "_cache", {})
+    assert model_module.MODEL_MAX_BYTES >= 16 * CENTERFACE_SIZE_BYTES
+    local = tmp_path / "mine.onnx"
+    local.write_bytes(bundled_model_path().read_bytes())
+    monkeypatch.setattr(model_module, "MODEL_MAX_BYTES", CENTERFACE_SIZE_BYTES - 1)
+    with pytest.raises(ModelError, match="read limit"):
+        load_model_file(str(local))
+    with pytest.raises(ModelError, match="read limit"):
+        load_model_file()  # the bundled file too
+
+    monkeypatch.setattr(model_module, "MODEL_MAX_BYTES", 1024**3)
+    MemoryFileSystem().pipe("/models/slow.onnx", b"onnx")
+    real_cat = MemoryFileSystem.cat_file
+
+    def slow_cat(self, path, *args, **kwargs):
+        time.sleep(1.5)
+        return real_cat(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", slow_cat)
+    monkeypatch.setattr(model_module, "MODEL_READ_TIMEOUT_S", 0.2)
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="did not finish"):
+        load_model_file("memory://models/slow.onnx")
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_model_url_is_named_without_its_credentials(monkeypatch) -> None:
+    monkeypatch.setattr(model_module, "_cache", {})
+    with pytest.raises(ModelError) as caught:
+        load_model_file("memory://reader:hunter2@models/none.onnx?sig=s3cr3tsig")
+    assert "none.onnx" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert "s3cr3tsig" not in str(caught.value)
