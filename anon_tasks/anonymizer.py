@@ -19,6 +19,8 @@ from anon_tasks.detector import (
     detection_floor,
     fits_one_pass,
 )
+from anon_tasks.errors import ConfigurationError
+from anon_tasks.formats import format_for_name
 from anon_tasks.masking import mask_faces
 from anon_tasks.settings import (
     AnonymizeMethod,
@@ -27,11 +29,25 @@ from anon_tasks.settings import (
     OutputSettings,
     Quality,
 )
-from anon_tasks.storage import read_bytes, write_bytes_atomic
+from anon_tasks.storage import location_within, read_bytes, write_bytes_atomic
 
-__all__ = ["AnonymizedImage", "Anonymizer"]
+__all__ = ["AnonymizedImage", "Anonymizer", "mask_image"]
 
 logger = logging.getLogger(__name__)
+
+
+def mask_image(image: DecodedImage, faces: Sequence[Face], masking: MaskSettings) -> DecodedImage:
+    """``image`` with ``faces`` masked in their frames: new pixels, the same metadata.
+
+    Needs no detector: the Prefect mask task calls it without creating a model session.
+    """
+    if masking.method is AnonymizeMethod.NONE:
+        return image
+    frames = [
+        mask_faces(frame, [face for face in faces if face.frame == index], masking)
+        for index, frame in enumerate(image.frames)
+    ]
+    return with_frames(image, frames)
 
 
 @dataclass(frozen=True)
@@ -145,13 +161,7 @@ class Anonymizer:
 
     def mask(self, image: DecodedImage, faces: tuple[Face, ...]) -> DecodedImage:
         """Mask ``faces`` in their frames; returns new pixels with the same metadata."""
-        if self.masking.method is AnonymizeMethod.NONE:
-            return image
-        frames = [
-            mask_faces(frame, [face for face in faces if face.frame == index], self.masking)
-            for index, frame in enumerate(image.frames)
-        ]
-        return with_frames(image, frames)
+        return mask_image(image, faces, self.masking)
 
     def encode(self, image: DecodedImage, *, source: str = "<bytes>") -> bytes:
         """Encode (masked) frames in the source's format with the output settings."""
@@ -172,11 +182,54 @@ class Anonymizer:
             content=encoded, faces=faces, format=image.format, frame_count=len(image.frames)
         )
 
+    def find_faces_in_file(self, source_url: str) -> tuple[Face, ...]:
+        """The faces above the threshold in the file at ``source_url`` (detection only)."""
+        image = self.decode(read_bytes(source_url), source=source_url)
+        return faces_above(self.detect(image), self.detection.threshold)
+
     def anonymize_file(self, source_url: str, dest_url: str) -> AnonymizedImage:
         """Anonymise the file at ``source_url`` into ``dest_url`` (local paths or fsspec URLs).
 
-        The destination appears whole or not at all; on any error it is not created.
+        The output is encoded in the format ``dest_url``'s extension names (the source's own
+        when it names none). The destination appears whole or not at all; on any error it is
+        not created, and the source is never written.
+
+        Raises:
+            ConfigurationError: The method is ``none`` (it detects only and writes nothing),
+                or ``dest_url`` is the source.
+            ImageError: The image cannot be anonymised, or not written in that format.
         """
-        result = self.anonymize_bytes(read_bytes(source_url), source=source_url)
-        write_bytes_atomic(dest_url, result.content)
-        return result
+        if self.masking.method is AnonymizeMethod.NONE:
+            raise ConfigurationError(
+                "masking.method=none detects only: no image is written", field="method"
+            )
+        if location_within(dest_url, source_url) or location_within(source_url, dest_url):
+            raise ConfigurationError(
+                f"dest={dest_url!r} is the source: the source is never written", field="dest"
+            )
+        content = read_bytes(source_url)
+        image = self.decode(content, source=source_url)
+        faces = faces_above(self.detect(image), self.detection.threshold)
+        encoded = encode_image(
+            self.mask(image, faces),
+            settings=self.output,
+            source=source_url,
+            format=_target_format(image.format, dest_url),
+        )
+        write_bytes_atomic(dest_url, encoded, protected_root=source_url)
+        return AnonymizedImage(
+            content=encoded, faces=faces, format=image.format, frame_count=len(image.frames)
+        )
+
+
+def _target_format(source_format: str, dest_url: str) -> str:
+    """The format to write: what the destination's extension names, else the source's.
+
+    A JPEG extension on an MPO source keeps MPO (both are JPEG files).
+    """
+    named = format_for_name(dest_url)
+    if named is None or (named == "JPEG" and source_format == "MPO"):
+        return source_format
+    if named == "MPO" and source_format == "JPEG":
+        return "JPEG"
+    return named

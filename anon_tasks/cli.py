@@ -149,7 +149,7 @@ def run_flow(args: argparse.Namespace) -> dict[str, Any]:
     from anon_tasks.flows.anonymize_dataset import anonymize_dataset, check_paths
 
     # Refuse bad paths before Prefect starts anything.
-    check_paths(args.source, args.dest, allow_dest_inside_source=run.allow_dest_inside_source)
+    check_paths(args.source, args.dest, run)
 
     with _progress_bar(sys.stderr.isatty() and not args.no_progress and not args.json):
         state = anonymize_dataset(
@@ -164,13 +164,28 @@ def run_flow(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_file(args: argparse.Namespace) -> dict[str, Any]:
-    """Anonymise one file through the library path (no Prefect run)."""
+    """Anonymise one file through the library path (no Prefect run).
+
+    The output is written in the format its extension names; with ``--method none`` the faces
+    are reported and nothing is written.
+    """
     from anon_tasks.anonymizer import Anonymizer
+    from anon_tasks.paths import check_file_paths
 
     detection, masking, output, _ = settings_from_args(args)
+    check_file_paths(args.source, args.dest)
     anonymizer = Anonymizer(detection=detection, masking=masking, output=output)
     summary: dict[str, Any] = {"images_total": 1, "images_unchanged": 0, "images_inferred": 1}
     try:
+        if masking.method is AnonymizeMethod.NONE:
+            faces = anonymizer.find_faces_in_file(args.source)
+            return {
+                **summary,
+                "images_written": 0,
+                "images_failed": 0,
+                "faces_found": len(faces),
+                "failed_images": [],
+            }
         result = anonymizer.anonymize_file(args.source, args.dest)
     except ImageError as exc:
         logger.error("%s", exc)
@@ -221,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stderr()
     try:
-        single_file = is_local(args.source) and Path(args.source).is_file()
+        single_file = is_local(args.source) and not Path(args.source).is_dir()
         summary = run_file(args) if single_file else run_flow(args)
     except ConfigurationError as exc:
         logger.error("configuration error: %s", exc)

@@ -30,7 +30,11 @@ DEFAULT_MAX_AGE_SECONDS = 600.0
 
 
 class DecodedCache:
-    """A thread-safe, byte-bounded map from (url, fingerprint) to decoded frames."""
+    """A thread-safe, byte-bounded map from (url, content digest) to decoded frames.
+
+    Keyed by the SHA-256 of the bytes the frames were decoded from: masking asks for the
+    digest its detections were computed on, so it can only ever get those very pixels.
+    """
 
     def __init__(
         self,
@@ -45,12 +49,12 @@ class DecodedCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, url: str, fingerprint: str, image: DecodedImage) -> bool:
+    def put(self, url: str, content_sha256: str, image: DecodedImage) -> bool:
         """Hold ``image`` for its mask task; False when it does not fit (it is not held)."""
         size = sum(frame.nbytes for frame in image.frames)
         now = self._clock()
         with self._lock:
-            key = (url, fingerprint)
+            key = (url, content_sha256)
             if key in self._items:
                 self._bytes -= self._items.pop(key)[1]
             while self._items:
@@ -65,10 +69,10 @@ class DecodedCache:
             self._bytes += size
             return True
 
-    def pop(self, url: str, fingerprint: str) -> DecodedImage | None:
-        """The cached image (removing it), or None."""
+    def pop(self, url: str, content_sha256: str) -> DecodedImage | None:
+        """The image decoded from the bytes with this digest (removing it), or None."""
         with self._lock:
-            entry = self._items.pop((url, fingerprint), None)
+            entry = self._items.pop((url, content_sha256), None)
             if entry is None:
                 return None
             self._bytes -= entry[1]

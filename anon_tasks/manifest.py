@@ -12,11 +12,13 @@ import logging
 from collections.abc import Iterable
 
 from anon_tasks.records import ImageStatus, ManifestRow
+from anon_tasks.settings import DetectionSettings, MaskSettings
 from anon_tasks.storage import StorageOptions, join_url, read_bytes, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",
     "STAGING_DIR",
+    "manifest_parameters",
     "manifest_url",
     "read_manifest",
     "summary_url",
@@ -83,3 +85,13 @@ def write_manifest(
 def unchanged_row(previous: ManifestRow) -> ManifestRow:
     """The row of an image whose output is already up to date: the previous row, ``unchanged``."""
     return previous.model_copy(update={"status": ImageStatus.UNCHANGED})
+
+
+def manifest_parameters(detection: DetectionSettings, masking: MaskSettings) -> dict[str, object]:
+    """The run parameters every row records: threshold, quality, the mask and the model."""
+    return {
+        "threshold": detection.threshold,
+        "quality": detection.quality.value,
+        **masking.model_dump(mode="json"),
+        "model_path": detection.model_path,
+    }

@@ -15,6 +15,7 @@ directly.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from anon_tasks.errors import ImageError
 from anon_tasks.records import ImageRef
 from anon_tasks.storage import join_url, read_bytes
 
-__all__ = ["FetchedImage", "detect_images", "fetch_and_decode"]
+__all__ = ["FetchedImage", "content_digest", "detect_images", "fetch_and_decode"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class FetchedImage:
         decoded: Its upright frames; None when it could not be read or decoded.
         error: The per-image error (``ImageError`` or ``FileNotFoundError``), else None.
         was_read: Its bytes were read from storage.
+        content_sha256: SHA-256 of the bytes read (what ``decoded`` was decoded from).
     """
 
     image: ImageRef
@@ -48,6 +50,12 @@ class FetchedImage:
     decoded: DecodedImage | None = None
     error: Exception | None = None
     was_read: bool = False
+    content_sha256: str | None = None
+
+
+def content_digest(content: bytes) -> str:
+    """The SHA-256 of a file's bytes, as detections and the manifest record it."""
+    return hashlib.sha256(content).hexdigest()
 
 
 def fetch_and_decode(
@@ -63,11 +71,12 @@ def fetch_and_decode(
         content = read_bytes(url, options)
     except (ImageError, FileNotFoundError) as exc:
         return FetchedImage(image=image, error=exc)
+    digest = content_digest(content)
     try:
         decoded = anonymizer.decode(content, source=image.relative_path)
     except ImageError as exc:
-        return FetchedImage(image=image, url=url, error=exc, was_read=True)
-    return FetchedImage(image=image, url=url, decoded=decoded, was_read=True)
+        return FetchedImage(image=image, url=url, error=exc, was_read=True, content_sha256=digest)
+    return FetchedImage(image=image, url=url, decoded=decoded, was_read=True, content_sha256=digest)
 
 
 def detect_images(

@@ -22,21 +22,24 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict
 
 from anon_tasks import __version__
-from anon_tasks.anonymizer import Anonymizer
+from anon_tasks.anonymizer import Anonymizer, mask_image
 from anon_tasks.cache_keys import detection_key, render_key, shard_detection_key
-from anon_tasks.captions import add_caption_note
+from anon_tasks.captions import SIDECAR_MAX_BYTES, sanitize_sidecar
+from anon_tasks.codec import DecodedImage, decode_image, encode_image
 from anon_tasks.concurrency import ordered_map, pipeline_threads
-from anon_tasks.dataset import list_dataset
+from anon_tasks.dataset import scan_dataset
 from anon_tasks.decoded_cache import decoded_cache
 from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import detection_floor
 from anon_tasks.devices import available_devices, device_lease
-from anon_tasks.errors import ImageError
-from anon_tasks.manifest import STAGING_DIR, unchanged_row
+from anon_tasks.errors import ConfigurationError, ImageError, SidecarRefusedError
+from anon_tasks.manifest import STAGING_DIR, manifest_parameters, unchanged_row
 from anon_tasks.model import load_model_file
-from anon_tasks.pipeline import FetchedImage, detect_images
+from anon_tasks.outputs import remove_outputs
+from anon_tasks.pipeline import FetchedImage, content_digest, detect_images
 from anon_tasks.planning import is_up_to_date
 from anon_tasks.records import (
     ImageDetections,
@@ -45,12 +48,14 @@ from anon_tasks.records import (
     ManifestFace,
     ManifestRow,
     ShardDetections,
+    SkippedEntry,
 )
 from anon_tasks.settings import (
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
     OutputSettings,
+    RunSettings,
 )
 from anon_tasks.storage import (
     file_fingerprint,
@@ -63,9 +68,12 @@ from anon_tasks.storage import (
 __all__ = [
     "MaskedImage",
     "MaskedShard",
+    "SourceListing",
     "detect_faces",
     "list_images",
     "mask_faces",
+    "remove_stale_outputs",
+    "scan_source",
     "storage_options_for",
     "write_images",
 ]
@@ -73,6 +81,7 @@ __all__ = [
 _DEFAULT_DETECTION = DetectionSettings()
 _DEFAULT_MASKING = MaskSettings()
 _DEFAULT_OUTPUT = OutputSettings()
+_DEFAULT_RUN = RunSettings()
 
 
 @dataclass(frozen=True)
@@ -87,9 +96,11 @@ class MaskedImage:
     faces: tuple[Face, ...] = ()
     content: bytes | None = None
     sidecars: tuple[tuple[str, bytes], ...] = ()
+    refused_sidecars: tuple[str, ...] = ()
     render_key: str | None = None
     error: str | None = None
     previous: ManifestRow | None = None
+    content_sha256: str | None = None
 
     def __repr__(self) -> str:
         size = len(self.content) if self.content is not None else 0
@@ -102,6 +113,7 @@ class MaskedShard:
 
     images: tuple[MaskedImage, ...]
     images_read: int = 0
+    images_redetected: int = 0
 
 
 # Anonymizers are cheap (the ONNX session is shared) but not free; reuse one per settings.
@@ -172,6 +184,45 @@ def storage_options_for(
     return options
 
 
+class SourceListing(BaseModel):
+    """What a listing of the source found: images to process, and entries it will not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    images: tuple[ImageRef, ...]
+    skipped: tuple[SkippedEntry, ...] = ()
+
+
+@task(name="scan-source", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def scan_source(source: str, run: RunSettings = _DEFAULT_RUN) -> SourceListing:
+    """List every entry of ``source``: images with fingerprints and sidecars, and what is skipped.
+
+    Args:
+        source: A local folder or fsspec URL.
+        run: Its storage options and credentials block are used to reach the source.
+
+    Returns:
+        Images sorted by relative path, and the entries that will not be processed (not an
+        image, not a regular file, a hidden file, a name that is not UTF-8), each with a reason.
+
+    Example:
+        >>> listing = scan_source("s3://bucket/raw")
+    """
+    options = storage_options_for(run.storage_options, run.credentials_block)
+    images: list[ImageRef] = []
+    skipped: list[SkippedEntry] = []
+    for entry in scan_dataset(source, options):
+        (images if isinstance(entry, ImageRef) else skipped).append(entry)
+    logger = get_run_logger()
+    logger.info("%d image(s) under %s, %d other entries skipped", len(images), source, len(skipped))
+    for entry in skipped[:20]:
+        logger.info("skipping %s: %s", entry.relative_path, entry.reason)
+    return SourceListing(
+        images=tuple(sorted(images, key=lambda image: image.relative_path)),
+        skipped=tuple(skipped),
+    )
+
+
 @task(name="list-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def list_images(
     source: str,
@@ -187,13 +238,16 @@ def list_images(
             ``"aws-credentials/datasets"``.
 
     Returns:
-        Image references sorted by relative path.
+        Image references sorted by relative path (``scan_source`` also says what is skipped).
 
     Example:
         >>> images = list_images("s3://bucket/raw")
     """
     options = storage_options_for(storage_options, credentials_block)
-    images = sorted(list_dataset(source, options), key=lambda image: image.relative_path)
+    images = sorted(
+        (entry for entry in scan_dataset(source, options) if isinstance(entry, ImageRef)),
+        key=lambda image: image.relative_path,
+    )
     get_run_logger().info("%d image(s) under %s", len(images), source)
     return images
 
@@ -204,9 +258,8 @@ def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
         parameters["images"],
         source=parameters["source"],
         model_sha256=load_model_file(detection.model_path).sha256,
-        score_floor=detection_floor(detection.threshold),
-        max_pixels=parameters.get("max_pixels") or _DEFAULT_OUTPUT.max_pixels,
-        quality=detection.quality.value,
+        detection=detection,
+        output=parameters.get("output") or _DEFAULT_OUTPUT,
     )
 
 
@@ -221,9 +274,17 @@ def _image_detections(
     if isinstance(outcome, Exception):
         reason = outcome.reason if isinstance(outcome, ImageError) else str(outcome)
         get_run_logger().warning("cannot read %s: %s", image.relative_path, reason)
-        return ImageDetections(image=image, score_floor=floor, error=str(outcome))
+        return ImageDetections(
+            image=image, score_floor=floor, error=str(outcome), content_sha256=item.content_sha256
+        )
     frames = len(item.decoded.frames) if item.decoded is not None else 0
-    return ImageDetections(image=image, faces=outcome, score_floor=floor, frame_count=frames)
+    return ImageDetections(
+        image=image,
+        faces=outcome,
+        score_floor=floor,
+        frame_count=frames,
+        content_sha256=item.content_sha256,
+    )
 
 
 def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetections | None:
@@ -234,7 +295,11 @@ def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetecti
         value = store.read(key).result
     except Exception:  # an unreadable record is recomputed, never trusted
         return None
-    return value if isinstance(value, ImageDetections) else None
+    if not isinstance(value, ImageDetections):
+        return None
+    if value.error is None and value.content_sha256 is None:
+        return None  # not bound to the bytes it was computed on: recompute
+    return value
 
 
 @task(
@@ -251,26 +316,25 @@ def detect_faces(
     images: Sequence[ImageRef],
     source: str,
     detection: DetectionSettings = _DEFAULT_DETECTION,
-    max_pixels: int = _DEFAULT_OUTPUT.max_pixels,
+    output: OutputSettings = _DEFAULT_OUTPUT,
     device_hint: int = 0,
-    storage_options: dict[str, Any] | None = None,
-    credentials_block: str | None = None,
+    run: RunSettings = _DEFAULT_RUN,
 ) -> ShardDetections:
     """Find every face candidate above the score floor in a shard of images.
 
     Candidates down to ``SCORE_FLOOR`` (or the threshold, when it is lower) are kept so that
-    any threshold at or above it can be applied later without running the model again. Images
-    that cannot be decoded are returned with their error; the shard goes on.
+    any threshold at or above it can be applied later without running the model again. Each
+    image's record carries the SHA-256 of the bytes its faces were found in. Images that
+    cannot be decoded are returned with their error; the shard goes on.
 
     Args:
-        images: The shard's image references (from ``list_images``).
+        images: The shard's image references (from ``scan_source`` or ``list_images``).
         source: The dataset root the references are relative to.
-        detection: Detector settings (model, device); the threshold is applied later.
-        max_pixels: Images above this many pixels are refused before decoding.
+        detection: Detector settings (model, quality, device); the threshold is applied later.
+        output: Its ``max_pixels``: images above it are refused before decoding.
         device_hint: Which of the available devices to try first (the flow spreads shards
             round-robin); a free device is leased exclusively for the shard's inference.
-        storage_options: fsspec options for the source (no secrets).
-        credentials_block: A Prefect credentials block for the source.
+        run: Storage options and credentials block for the source.
 
     Returns:
         Detections per image, and how many images were read and inferred in this run.
@@ -278,17 +342,12 @@ def detect_faces(
     logger = get_run_logger()
     context = TaskRunContext.get()
     store = context.result_store if context is not None else None
-    options = storage_options_for(storage_options, credentials_block)
+    options = storage_options_for(run.storage_options, run.credentials_block)
     model_sha = load_model_file(detection.model_path).sha256
     floor = detection_floor(detection.threshold)
     keys = [
         detection_key(
-            image,
-            source=source,
-            model_sha256=model_sha,
-            score_floor=floor,
-            max_pixels=max_pixels,
-            quality=detection.quality.value,
+            image, source=source, model_sha256=model_sha, detection=detection, output=output
         )
         for image in images
     ]
@@ -311,7 +370,7 @@ def detect_faces(
             anonymizer = _anonymizer(
                 detection.model_copy(update={"device": device}),
                 _DEFAULT_MASKING,
-                OutputSettings(max_pixels=max_pixels),
+                OutputSettings(max_pixels=output.max_pixels),
             )
             keys_by_path = {image.relative_path: key for image, key in missing}
             stream = detect_images(
@@ -322,7 +381,8 @@ def detect_faces(
                 result = _image_detections(item, outcome, floor)
                 if result.error is None and item.decoded is not None:
                     inferred += 1
-                    decoded_cache.put(item.url, item.image.fingerprint, item.decoded)
+                    if item.content_sha256 is not None:
+                        decoded_cache.put(item.url, item.content_sha256, item.decoded)
                 if store is not None:
                     store.write(obj=result, key=keys_by_path[item.image.relative_path])
                 found[item.image.relative_path] = result
@@ -346,18 +406,45 @@ def _vanished(image: ImageRef) -> str:
 def _sidecars(
     source: str,
     image: ImageRef,
-    faces: tuple[Face, ...],
     note: str | None,
-    masked: bool,
     options: Mapping[str, Any],
-) -> tuple[tuple[str, bytes], ...]:
-    copies = []
+) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:
+    """The sidecars to write beside an image (sanitised, with the note), and those refused."""
+    copies: list[tuple[str, bytes]] = []
+    refused: list[str] = []
     for sidecar in image.sidecars:
-        content = read_bytes(join_url(source, sidecar.relative_path), options)
-        if note and masked and faces:
-            content = add_caption_note(sidecar.relative_path, content, note)
-        copies.append((sidecar.relative_path, content))
-    return tuple(copies)
+        try:
+            content = read_bytes(
+                join_url(source, sidecar.relative_path), options, max_bytes=SIDECAR_MAX_BYTES
+            )
+            copies.append(
+                (sidecar.relative_path, sanitize_sidecar(sidecar.relative_path, content, note))
+            )
+        except SidecarRefusedError as exc:
+            refused.append(f"{sidecar.relative_path}: {exc.reason}")
+        except ImageError as exc:
+            refused.append(f"{sidecar.relative_path}: {exc.reason}")
+        except FileNotFoundError:
+            refused.append(f"{sidecar.relative_path}: removed from the source during the run")
+    for entry in refused:
+        get_run_logger().warning("sidecar not copied: %s", entry)
+    return tuple(copies), tuple(refused)
+
+
+def _redetect(
+    decoded: DecodedImage, detection: DetectionSettings, output: OutputSettings
+) -> tuple[Face, ...]:
+    """Faces of pixels whose bytes changed since detection, found again under a device lease.
+
+    The only place masking runs the model; a session is created only when this happens.
+    """
+    with device_lease(available_devices(detection.device)) as device:
+        anonymizer = _anonymizer(
+            detection.model_copy(update={"device": device}),
+            _DEFAULT_MASKING,
+            OutputSettings(max_pixels=output.max_pixels),
+        )
+        return anonymizer.detect(decoded, score_floor=detection_floor(detection.threshold))
 
 
 @task(name="mask-faces", cache_policy=NO_CACHE, persist_result=False, retries=2)
@@ -368,12 +455,14 @@ def mask_faces(
     detection: DetectionSettings = _DEFAULT_DETECTION,
     masking: MaskSettings = _DEFAULT_MASKING,
     output: OutputSettings = _DEFAULT_OUTPUT,
-    caption_note: str | None = None,
+    run: RunSettings = _DEFAULT_RUN,
     previous: dict[str, ManifestRow] | None = None,
-    storage_options: dict[str, Any] | None = None,
-    credentials_block: str | None = None,
 ) -> MaskedShard:
     """Mask the faces above the threshold in each image of a shard and encode the result.
+
+    The pixels masked are always those the faces were found in: they come from the bytes whose
+    SHA-256 the detections record. When the file was replaced since (a read gives other
+    bytes), its faces are detected again before masking, never taken from the old file.
 
     An image whose output in ``dest`` is still the one the previous manifest recorded for the
     same render key is not read again (status ``unchanged``). Fail closed: an image that fails
@@ -384,82 +473,116 @@ def mask_faces(
         source: The dataset root.
         dest: The output root (to recognise outputs that are already up to date).
         detection: Its ``threshold`` selects the faces to mask.
-        masking: Method, mask scale, ellipse and mosaic size.
-        output: Encoding settings (JPEG quality, metadata, pixel limit).
-        caption_note: Note added to caption sidecars of images with masked faces.
+        masking: Method (not ``none``: that detects only), mask scale, ellipse, mosaic size.
+        output: Encoder settings (JPEG quality, metadata, pixel limit).
+        run: Caption note, storage options and credentials block.
         previous: The previous manifest's rows for this shard's images, by source path.
-        storage_options: fsspec options for source and dest (no secrets).
-        credentials_block: A Prefect credentials block for source and dest.
 
     Returns:
         One ``MaskedImage`` per image, in shard order, and the number of images read (an image
         decoded moments before by ``detect_faces`` in this process is not read again).
-    """
-    logger = get_run_logger()
-    anonymizer = _anonymizer(detection, masking, output)
-    model_sha = anonymizer.detector.model_sha256
-    previous = previous or {}
-    options = storage_options_for(storage_options, credentials_block)
 
-    def mask_one(found: ImageDetections) -> tuple[MaskedImage, bool]:
-        """One image masked and encoded (or skipped, or failed), and whether it was read."""
+    Raises:
+        ConfigurationError: ``masking.method`` is ``none`` (there is nothing to mask or write).
+    """
+    if masking.method is AnonymizeMethod.NONE:
+        raise ConfigurationError(
+            "masking.method=none detects only: nothing is masked or written", field="method"
+        )
+    logger = get_run_logger()
+    model_sha = load_model_file(detection.model_path).sha256
+    previous = previous or {}
+    options = storage_options_for(run.storage_options, run.credentials_block)
+
+    def mask_one(found: ImageDetections) -> tuple[MaskedImage, bool, bool]:
+        """One image masked and encoded (or skipped, or failed); whether it was read and
+        whether its faces had to be found again."""
         image = found.image
-        faces = faces_above(found.faces, detection.threshold)
+        prior = previous.get(image.relative_path)
         key = render_key(
             image,
             model_sha256=model_sha,
-            threshold=detection.threshold,
+            detection=detection,
             masking=masking,
             output=output,
-            caption_note=caption_note,
+            run=run,
         )
         if found.error is not None:
-            return MaskedImage(image=image, status=ImageStatus.FAILED, error=found.error), False
-        prior = previous.get(image.relative_path)
+            failed = MaskedImage(
+                image=image, status=ImageStatus.FAILED, error=found.error, previous=prior
+            )
+            return failed, False, False
         if is_up_to_date(
             image, prior, key, lambda relative: file_fingerprint(join_url(dest, relative), options)
         ):
+            faces = faces_above(found.faces, detection.threshold)
             unchanged = MaskedImage(
                 image=image,
                 status=ImageStatus.UNCHANGED,
                 faces=faces,
                 render_key=key,
                 previous=prior,
+                content_sha256=found.content_sha256,
             )
-            return unchanged, False
-        was_read = False
+            return unchanged, False, False
+        was_read = redetected = False
+        candidates = found.faces
+        digest = found.content_sha256
         try:
             url = join_url(source, image.relative_path)
-            decoded = decoded_cache.pop(url, image.fingerprint)
+            decoded = decoded_cache.pop(url, digest) if digest is not None else None
             if decoded is None:
-                decoded = anonymizer.decode(read_bytes(url, options), source=image.relative_path)
+                content = read_bytes(url, options)
                 was_read = True
-            encoded = anonymizer.encode(anonymizer.mask(decoded, faces), source=image.relative_path)
-            hides = masking.method is not AnonymizeMethod.NONE
-            sidecars = _sidecars(source, image, faces, caption_note, hides, options)
+                decoded = decode_image(
+                    content, source=image.relative_path, max_pixels=output.max_pixels
+                )
+                if content_digest(content) != digest:
+                    logger.warning(
+                        "%s changed since its faces were found: finding them again",
+                        image.relative_path,
+                    )
+                    candidates = _redetect(decoded, detection, output)
+                    digest = content_digest(content)
+                    redetected = True
+            faces = faces_above(candidates, detection.threshold)
+            encoded = encode_image(
+                mask_image(decoded, faces, masking), settings=output, source=image.relative_path
+            )
+            sidecars, refused = _sidecars(
+                source, image, run.caption_note if faces else None, options
+            )
         except ImageError as exc:
             logger.warning("cannot anonymise %s: %s", image.relative_path, exc.reason)
-            failed = MaskedImage(image=image, status=ImageStatus.FAILED, error=str(exc))
-            return failed, was_read
+            failed = MaskedImage(
+                image=image, status=ImageStatus.FAILED, error=str(exc), previous=prior
+            )
+            return failed, was_read, redetected
         except FileNotFoundError:
-            failed = MaskedImage(image=image, status=ImageStatus.FAILED, error=_vanished(image))
-            return failed, was_read
+            failed = MaskedImage(
+                image=image, status=ImageStatus.FAILED, error=_vanished(image), previous=prior
+            )
+            return failed, was_read, redetected
         written = MaskedImage(
             image=image,
             status=ImageStatus.WRITTEN,
             faces=faces,
             content=encoded,
             sidecars=sidecars,
+            refused_sidecars=refused,
             render_key=key,
+            previous=prior,
+            content_sha256=digest,
         )
-        return written, was_read
+        return written, was_read, redetected
 
     # Masking and encoding release the GIL (OpenCV, Pillow): a few images at a time.
     threads = pipeline_threads()
     results = list(ordered_map(mask_one, detections.images, threads=threads, ahead=2 * threads))
     return MaskedShard(
-        images=tuple(masked for masked, _ in results),
-        images_read=sum(was_read for _, was_read in results),
+        images=tuple(masked for masked, _, _ in results),
+        images_read=sum(was_read for _, was_read, _ in results),
+        images_redetected=sum(again for _, _, again in results),
     )
 
 
@@ -475,72 +598,144 @@ def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
     )
 
 
+def _outputs_of(row: ManifestRow | None) -> tuple[str, ...]:
+    """The files in dest that a manifest row records as this tool's outputs."""
+    if row is None or row.output is None:
+        return ()
+    return (row.output, *row.sidecars)
+
+
 @task(name="write-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def write_images(
     masked: MaskedShard,
+    source: str,
     dest: str,
     detection: DetectionSettings = _DEFAULT_DETECTION,
     masking: MaskSettings = _DEFAULT_MASKING,
-    storage_options: dict[str, Any] | None = None,
-    credentials_block: str | None = None,
+    run: RunSettings = _DEFAULT_RUN,
 ) -> list[ManifestRow]:
     """Write anonymised images and their sidecars to ``dest`` atomically; return manifest rows.
 
     Each file appears whole or not at all (temporary name then rename; one PUT on object
-    stores). Images that failed get a row with the error and no output.
+    stores), and never inside ``source``: a target whose real path leads into the source (a
+    linked folder in dest, say) is refused. An image that failed gets a row with the error and
+    no output, and the output an earlier run wrote for it is removed, so dest never keeps an
+    image whose source could not be anonymised this time.
 
     Args:
         masked: The shard's masked images (from ``mask_faces``).
+        source: The dataset root: nothing is ever written inside it.
         dest: The output root; relative paths are kept.
         detection: Recorded in the manifest (threshold, model).
         masking: Recorded in the manifest (method and its parameters).
-        storage_options: fsspec options for dest (no secrets).
-        credentials_block: A Prefect credentials block for dest.
+        run: Storage options and credentials block for dest.
 
     Returns:
         One manifest row per image, in shard order.
     """
+    if masking.method is AnonymizeMethod.NONE:
+        raise ConfigurationError(
+            "masking.method=none detects only: nothing is masked or written", field="method"
+        )
+    logger = get_run_logger()
     model_sha = load_model_file(detection.model_path).sha256
-    options = storage_options_for(storage_options, credentials_block)
+    options = storage_options_for(run.storage_options, run.credentials_block)
     staging = join_url(dest, STAGING_DIR) if is_local(dest) else None
-    parameters = {
-        "threshold": detection.threshold,
-        "quality": detection.quality.value,
-        **masking.model_dump(mode="json"),
-        "model_path": detection.model_path,
-    }
+    parameters = manifest_parameters(detection, masking)
+
+    def write(relative: str, content: bytes) -> None:
+        write_bytes_atomic(
+            join_url(dest, relative), content, options, staging_dir=staging, protected_root=source
+        )
+
+    def failed_row(item: MaskedImage, error: str | None, common: dict[str, Any]) -> ManifestRow:
+        removed = remove_outputs(dest, _outputs_of(item.previous), options, protected_root=source)
+        if removed:
+            error = f"{error}; the output of an earlier run was removed"
+        return ManifestRow(output=None, status=ImageStatus.FAILED, error=error, **common)
+
     rows: list[ManifestRow] = []
     for item in masked.images:
         common = {
             "source": item.image.relative_path,
             "source_fingerprint": item.image.fingerprint,
+            "source_sha256": item.content_sha256,
             "parameters": parameters,
             "model_sha256": model_sha,
             "package_version": __version__,
             "render_key": item.render_key,
         }
         if item.status is ImageStatus.FAILED:
-            rows.append(
-                ManifestRow(output=None, status=ImageStatus.FAILED, error=item.error, **common)
-            )
+            rows.append(failed_row(item, item.error, common))
             continue
-        output = item.image.relative_path
         if item.status is ImageStatus.UNCHANGED and item.previous is not None:
             rows.append(unchanged_row(item.previous))
             continue
         if item.content is None:  # fail closed: nothing to write is never "written"
-            raise ValueError(f"{output}: no anonymised bytes for an image marked written")
-        url = join_url(dest, output)
-        for relative, content in item.sidecars:  # captions first: an image is never without
-            write_bytes_atomic(join_url(dest, relative), content, options, staging_dir=staging)
-        write_bytes_atomic(url, item.content, options, staging_dir=staging)
+            raise ValueError(f"{item.image.relative_path}: no anonymised bytes to write")
+        output = item.image.relative_path
+        written_sidecars = tuple(relative for relative, _ in item.sidecars)
+        try:
+            for relative, content in item.sidecars:  # captions first: an image is never without
+                write(relative, content)
+            write(output, item.content)
+        except ImageError as exc:
+            logger.warning("cannot write %s: %s", output, exc.reason)
+            rows.append(failed_row(item, str(exc), common))
+            continue
+        stale = set(_outputs_of(item.previous)) - {output, *written_sidecars}
+        remove_outputs(dest, sorted(stale), options, protected_root=source)
         rows.append(
             ManifestRow(
                 output=output,
                 status=item.status,
                 faces=_manifest_faces(item.faces),
-                output_fingerprint=file_fingerprint(url, options),
+                output_fingerprint=file_fingerprint(join_url(dest, output), options),
+                sidecars=written_sidecars,
+                refused_sidecars=item.refused_sidecars,
                 **common,
             )
         )
+    return rows
+
+
+@task(name="remove-stale-outputs", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def remove_stale_outputs(
+    gone: Sequence[ManifestRow],
+    source: str,
+    dest: str,
+    run: RunSettings = _DEFAULT_RUN,
+) -> list[ManifestRow]:
+    """Delete the outputs of images that are no longer in the source (consent withdrawn).
+
+    Only files that the previous manifest records as this tool's outputs are deleted, never
+    anything inside the source.
+
+    Args:
+        gone: The previous manifest's rows of images no longer listed in the source.
+        source: The dataset root (protected).
+        dest: The output root.
+        run: Storage options and credentials block for dest.
+
+    Returns:
+        A ``removed`` row for each image whose output was deleted.
+    """
+    options = storage_options_for(run.storage_options, run.credentials_block)
+    rows: list[ManifestRow] = []
+    for row in gone:
+        removed = remove_outputs(dest, _outputs_of(row), options, protected_root=source)
+        if removed:
+            get_run_logger().info("removed %s: its source is gone", ", ".join(removed))
+            rows.append(
+                row.model_copy(
+                    update={
+                        "status": ImageStatus.REMOVED,
+                        "output": None,
+                        "output_fingerprint": None,
+                        "sidecars": (),
+                        "faces": (),
+                        "error": "source removed: its output was deleted",
+                    }
+                )
+            )
     return rows

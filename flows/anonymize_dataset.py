@@ -14,7 +14,7 @@ Use it from the CLI (``anonymize SOURCE DEST``), as a deployment, or as a subflo
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,21 +38,31 @@ from prefect.utilities.annotations import opaque, quote
 from anon_tasks import __version__
 from anon_tasks.cache_keys import render_key
 from anon_tasks.dataset import file_fingerprints
+from anon_tasks.detections import faces_above
 from anon_tasks.devices import available_devices, device_slots
-from anon_tasks.errors import ConfigurationError
 from anon_tasks.manifest import (
     MANIFEST_DIR,
     STAGING_DIR,
+    manifest_parameters,
     read_manifest,
     summary_url,
     write_manifest,
 )
 from anon_tasks.memory import limit_heap_growth
 from anon_tasks.model import load_model_file
+from anon_tasks.paths import BLOCK_SLUG, check_dataset_paths
 from anon_tasks.planning import up_to_date_rows
 from anon_tasks.progress import report_progress
-from anon_tasks.records import ImageRef, ImageStatus, ManifestRow, RunSummary, ShardDetections
+from anon_tasks.records import (
+    ImageRef,
+    ImageStatus,
+    ManifestRow,
+    RunSummary,
+    ShardDetections,
+    SkippedEntry,
+)
 from anon_tasks.settings import (
+    AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
     OutputSettings,
@@ -69,8 +79,9 @@ from anon_tasks.storage import (
 from anon_tasks.tasks import (
     MaskedShard,
     detect_faces,
-    list_images,
     mask_faces,
+    remove_stale_outputs,
+    scan_source,
     storage_options_for,
     write_images,
 )
@@ -81,31 +92,37 @@ __all__ = ["DATASET_EVENT", "announce_dataset", "anonymize_dataset", "check_path
 DATASET_EVENT = "anon-tasks.dataset.anonymized"
 
 
-def check_paths(source: str, dest: str, *, allow_dest_inside_source: bool) -> None:
-    """Refuse a dest equal to or inside the source before any work starts.
+class _WithoutRawParameters(logging.Filter):
+    """Drops the raw parameters Prefect logs when a flow's parameters fail validation.
+
+    Prefect appends ``Parameters: {...}`` to that error line: a refused secret in
+    ``run.storage_options`` would be repeated there. The validation errors themselves are
+    already free of secret values (``anon_tasks.settings`` hides them).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Parameter validation failed" in message and "\nParameters:" in message:
+            record.msg = message.split("\nParameters:", 1)[0] + "\nParameters: <not shown>"
+            record.args = None
+        return True
+
+
+logging.getLogger("prefect.flows").addFilter(_WithoutRawParameters())
+
+
+def check_paths(source: str, dest: str, run: RunSettings) -> None:
+    """Refuse, before any work, a run that would read nothing or write into the source.
 
     Raises:
-        ConfigurationError: ``dest`` is ``source`` or below it (naming the field ``dest``).
+        ConfigurationError: See ``anon_tasks.paths.check_dataset_paths``; names the field.
     """
-    if is_local(source) != is_local(dest):
-        return
-    if is_local(source):
-        source_path, dest_path = local_path(source).resolve(), local_path(dest).resolve()
-        inside = dest_path == source_path or source_path in dest_path.parents
-    else:
-        source_prefix, dest_prefix = source.rstrip("/") + "/", dest.rstrip("/") + "/"
-        inside = dest_prefix.startswith(source_prefix)
-    if inside and not allow_dest_inside_source:
-        raise ConfigurationError(
-            f"dest={dest!r} is inside source={source!r}: its outputs would be listed as inputs "
-            "next time (set allow_dest_inside_source to allow it)",
-            field="dest",
-        )
-    if is_local(source) and not local_path(source).is_dir():
-        raise ConfigurationError(f"source={source!r} is not a folder", field="source")
-
-
-_BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+    check_dataset_paths(
+        source,
+        dest,
+        result_storage=run.result_storage,
+        options=storage_options_for(run.storage_options, run.credentials_block),
+    )
 
 
 def _result_storage(dest: str, settings: RunSettings) -> str | None:
@@ -115,7 +132,7 @@ def _result_storage(dest: str, settings: RunSettings) -> str | None:
     block named after it, since Prefect needs result storage persisted server-side.
     """
     location = settings.result_storage
-    if location is not None and _BLOCK_SLUG.match(location):
+    if location is not None and BLOCK_SLUG.match(location):
         return location
     if location is None:
         if not is_local(dest):
@@ -170,6 +187,8 @@ def _summary_table(summary: RunSummary) -> list[dict[str, object]]:
         "images_written",
         "images_unchanged",
         "images_failed",
+        "images_skipped",
+        "images_removed",
         "images_inferred",
         "images_read",
         "faces_found",
@@ -192,7 +211,8 @@ def _report(
         f"| model | CenterFace `{model_sha[:16]}…` ({detection.model_path or 'bundled'}) |\n"
         f"| anon-tasks | {__version__} |\n\n"
         f"{summary.images_written} written, {summary.images_unchanged} unchanged, "
-        f"{summary.images_failed} failed, {summary.faces_found} faces, "
+        f"{summary.images_failed} failed, {summary.images_skipped} skipped, "
+        f"{summary.images_removed} removed, {summary.faces_found} faces, "
         f"{summary.images_inferred} images inferred in {summary.seconds:.1f} s.\n\n"
         f"Manifest: `{summary.manifest}`\n\nFailed images:\n{failed}\n"
     )
@@ -200,13 +220,17 @@ def _report(
 
 @dataclass
 class _Plan:
-    """What a run has to do: shards to process, and rows of images already up to date."""
+    """What a run has to do: shards to process, rows of images already up to date, entries
+    skipped, and the previous rows of images no longer in the source."""
 
     images: list[ImageRef]
     shards: list[list[ImageRef]]
     todo: list[list[ImageRef]]
     up_to_date_rows: list[ManifestRow]
     previous: dict[str, ManifestRow]
+    skipped: list[SkippedEntry]
+    gone: list[ManifestRow]
+    listed_at_ns: int
 
 
 def _plan(
@@ -221,11 +245,16 @@ def _plan(
 ) -> _Plan:
     if is_local(dest):
         remove_stale_staging_files(join_url(dest, STAGING_DIR))
-    images = list_images(source, run.storage_options, run.credentials_block)
+    listed_at_ns = time.time_ns()
+    listing = scan_source(source, run)
+    images, skipped = list(listing.images), list(listing.skipped)
     if run.partition is not None:
         index, count = run.partition
         images = [i for i in images if partition_of(i.relative_path, count) == index]
+        skipped = [s for s in skipped if partition_of(s.relative_path, count) == index]
     previous = read_manifest(dest, run.partition, options)
+    listed = {image.relative_path for image in images}
+    gone = [row for path, row in previous.items() if path not in listed and row.output]
     up_to_date = up_to_date_rows(
         images,
         previous,
@@ -233,10 +262,10 @@ def _plan(
         lambda image: render_key(
             image,
             model_sha256=model_sha,
-            threshold=detection.threshold,
+            detection=detection,
             masking=masking,
             output=output,
-            caption_note=run.caption_note,
+            run=run,
         ),
     )
     shards = stable_shards(images, [image.relative_path for image in images], run.shard_size)
@@ -245,7 +274,20 @@ def _plan(
         stale = any(image.relative_path not in up_to_date for image in shard)
         (todo if stale else done).append(shard)
     rows = [up_to_date[image.relative_path] for shard in done for image in shard]
-    return _Plan(images, shards, todo, rows, previous)
+    return _Plan(images, shards, todo, rows, previous, skipped, gone, listed_at_ns)
+
+
+def _skipped_row(entry: SkippedEntry, parameters: dict[str, object], model_sha: str) -> ManifestRow:
+    return ManifestRow(
+        source=entry.relative_path,
+        output=None,
+        status=ImageStatus.SKIPPED,
+        error=entry.reason,
+        source_fingerprint=entry.fingerprint,
+        parameters=parameters,
+        model_sha256=model_sha,
+        package_version=__version__,
+    )
 
 
 @dataclass
@@ -254,6 +296,9 @@ class _Outcome:
     images_inferred: int = 0
     images_read: int = 0
     devices: set[str] = field(default_factory=set)
+    #: Detect-only runs (method none) write no rows: their counts are kept here.
+    faces_found: int = 0
+    images_failed: list[str] = field(default_factory=list)
 
 
 #: Shards submitted ahead per device: one detecting while the previous one is masked.
@@ -265,8 +310,8 @@ class _ShardRun:
     """The three task runs of one shard, and its image count."""
 
     found: PrefectFuture[ShardDetections]
-    masked: PrefectFuture[MaskedShard]
-    written: PrefectFuture[list[ManifestRow]]
+    masked: PrefectFuture[MaskedShard] | None
+    written: PrefectFuture[list[ManifestRow]] | None
     size: int
 
 
@@ -284,10 +329,6 @@ def _process(
     progress = _Progress(total=len(plan.images), done=len(plan.up_to_date_rows))
     detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
     devices = available_devices(detection.device)
-    storage = {
-        "storage_options": run.storage_options,
-        "credentials_block": run.credentials_block,
-    }
     # Per device: one thread runs the model while another masks and encodes the previous
     # shard and a third writes; never an unbounded pool. At most SHARDS_IN_FLIGHT shards per
     # device are submitted at a time, and each is released once written, so memory (decoded
@@ -299,8 +340,21 @@ def _process(
         # Upstream first: a failed detection surfaces as its own error, not as a downstream
         # task that never left Pending.
         detections = shard_run.found.result()
-        outcome.images_read += shard_run.masked.result().images_read
-        outcome.rows.extend(shard_run.written.result())
+        if shard_run.masked is None or shard_run.written is None:  # method none: detect only
+            outcome.faces_found += sum(
+                len(faces_above(found.faces, detection.threshold)) for found in detections.images
+            )
+            outcome.images_failed.extend(
+                found.image.relative_path for found in detections.images if found.error
+            )
+        else:
+            outcome.images_read += shard_run.masked.result().images_read
+            outcome.rows.extend(
+                row
+                if row.status is ImageStatus.UNCHANGED
+                else row.model_copy(update={"listed_at_ns": plan.listed_at_ns})
+                for row in shard_run.written.result()
+            )
         if not _was_cached(shard_run.found):
             outcome.images_inferred += detections.images_inferred
             outcome.images_read += detections.images_read
@@ -319,11 +373,16 @@ def _process(
                     "images": shard,
                     "source": source,
                     "detection": detection,
-                    "max_pixels": output.max_pixels,
+                    "output": output,
                     "device_hint": index,
-                    **storage,
+                    "run": run,
                 },
             )
+            if masking.method is AnonymizeMethod.NONE:  # detect only: nothing masked or written
+                in_flight.append(_ShardRun(found, None, None, len(shard)))
+                if len(in_flight) >= window:
+                    collect(in_flight.popleft())
+                continue
             shard_previous = {
                 i.relative_path: plan.previous[i.relative_path]
                 for i in shard
@@ -339,19 +398,19 @@ def _process(
                     "detection": detection,
                     "masking": masking,
                     "output": output,
-                    "caption_note": run.caption_note,
+                    "run": run,
                     "previous": quote(shard_previous),
-                    **storage,
                 },
             )
             written = runner.submit(
                 write_images,
                 {
                     "masked": opaque(masked),
+                    "source": source,
                     "dest": dest,
                     "detection": detection,
                     "masking": masking,
-                    **storage,
+                    "run": run,
                 },
             )
             in_flight.append(_ShardRun(found, masked, written, len(shard)))
@@ -371,15 +430,20 @@ def _publish(
     partition: tuple[int, int] | None,
     options: dict[str, Any],
 ) -> None:
-    """Summary file, UI artifacts and the completion event."""
-    write_bytes_atomic(
-        summary_url(summary.dest, partition), summary.model_dump_json(indent=2).encode(), options
-    )
+    """Summary file, UI artifacts and the completion event (for a detect-only run, the
+    artifacts alone: it leaves dest as it is)."""
+    detect_only = masking.method is AnonymizeMethod.NONE
+    if not detect_only:
+        write_bytes_atomic(
+            summary_url(summary.dest, partition),
+            summary.model_dump_json(indent=2).encode(),
+            options,
+        )
     create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
     create_markdown_artifact(
         markdown=_report(summary, detection, masking, model_sha), description="Run report"
     )
-    if partition is None:  # the parent of a partitioned run announces the whole dataset
+    if partition is None and not detect_only:  # a partitioned run's parent announces it
         announce_dataset(summary)
 
 
@@ -436,45 +500,62 @@ def anonymize_dataset(
     logger = get_run_logger()
     started = time.perf_counter()
     limit_heap_growth()  # resident memory stays flat over thousands of images
-    check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
+    check_paths(source, dest, run)
     device_slots()  # a malformed ANON_TASKS_DEVICE_SLOTS fails here, before any task
     model_sha = load_model_file(detection.model_path).sha256
     options = storage_options_for(run.storage_options, run.credentials_block)
     plan = _plan(source, dest, detection, masking, output, run, model_sha, options)
+    detect_only = masking.method is AnonymizeMethod.NONE
+    if detect_only:  # every image is searched; nothing in dest is written or replaced
+        plan.todo, plan.up_to_date_rows = plan.shards, []
     logger.info(
-        "%d image(s)%s in %d shard(s): %d up to date, %d shard(s) to process",
+        "%d image(s)%s in %d shard(s): %d up to date, %d shard(s) to process, %d skipped%s",
         len(plan.images),
         f" in partition {run.partition_index}/{run.partition_count}" if run.partition else "",
         len(plan.shards),
         len(plan.up_to_date_rows),
         len(plan.todo),
+        len(plan.skipped),
+        " (method none: detection only, dest is left as it is)" if detect_only else "",
     )
     outcome = _process(plan, source, dest, detection, masking, output, run)
-    manifest = write_manifest(dest, outcome.rows, run.partition, options)
     rows = outcome.rows
+    manifest = None
+    if not detect_only:
+        if plan.gone:
+            rows.extend(remove_stale_outputs(plan.gone, source, dest, run))
+        parameters = manifest_parameters(detection, masking)
+        rows.extend(_skipped_row(entry, parameters, model_sha) for entry in plan.skipped)
+        manifest = write_manifest(dest, rows, run.partition, options)
+    failed = [row.source for row in rows if row.status is ImageStatus.FAILED]
     summary = RunSummary(
         source=source,
         dest=dest,
         images_total=len(plan.images),
         images_written=sum(1 for row in rows if row.status is ImageStatus.WRITTEN),
         images_unchanged=sum(1 for row in rows if row.status is ImageStatus.UNCHANGED),
-        images_failed=sum(1 for row in rows if row.status is ImageStatus.FAILED),
+        images_failed=len(failed) + len(outcome.images_failed),
+        images_skipped=len(plan.skipped),
+        images_removed=sum(1 for row in rows if row.status is ImageStatus.REMOVED),
         images_inferred=outcome.images_inferred,
         images_read=outcome.images_read,
-        faces_found=sum(len(row.faces) for row in rows),
+        faces_found=sum(len(row.faces) for row in rows) + outcome.faces_found,
         shards=len(plan.shards),
         seconds=round(time.perf_counter() - started, 3),
-        failed_images=tuple(row.source for row in rows if row.status is ImageStatus.FAILED),
+        failed_images=tuple(sorted(failed + outcome.images_failed)),
         manifest=manifest,
         devices=tuple(sorted(outcome.devices)),
         partition=f"{run.partition_index}/{run.partition_count}" if run.partition else None,
     )
     _publish(summary, detection, masking, model_sha, run.partition, options)
     logger.info(
-        "%d written, %d unchanged, %d failed, %d faces; model ran on %d image(s)%s",
+        "%d written, %d unchanged, %d failed, %d skipped, %d removed, %d faces; "
+        "model ran on %d image(s)%s",
         summary.images_written,
         summary.images_unchanged,
         summary.images_failed,
+        summary.images_skipped,
+        summary.images_removed,
         summary.faces_found,
         summary.images_inferred,
         f" ({', '.join(summary.devices)})" if summary.devices else "",

@@ -126,7 +126,7 @@ def anonymize_partitioned(
     started = time.perf_counter()
     if not 1 <= partitions <= 1000:
         raise ValueError("partitions must be between 1 and 1000")
-    check_paths(source, dest, allow_dest_inside_source=run.allow_dest_inside_source)
+    check_paths(source, dest, run)
     futures = []
     with ThreadPoolTaskRunner(max_workers=partitions) as runner:
         for index in range(partitions):
@@ -175,6 +175,8 @@ def anonymize_partitioned(
         images_written=sum(s.images_written for s in summaries),
         images_unchanged=sum(s.images_unchanged for s in summaries),
         images_failed=sum(s.images_failed for s in summaries),
+        images_skipped=sum(s.images_skipped for s in summaries),
+        images_removed=sum(s.images_removed for s in summaries),
         images_inferred=sum(s.images_inferred for s in summaries),
         images_read=sum(s.images_read for s in summaries),
         faces_found=sum(s.faces_found for s in summaries),

@@ -78,7 +78,7 @@ def test_the_whole_awkward_corpus_in_one_run(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "relative",
-    ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "a//b.jpg", "a\\b.jpg", "C:/x.jpg", "./a.jpg", ""],
+    ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "a//b.jpg", "a\\b.jpg", "./a.jpg", ""],
 )
 def test_escaping_paths_are_refused(relative: str) -> None:
     with pytest.raises(UnsafePathError):

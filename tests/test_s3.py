@@ -274,3 +274,103 @@ def test_result_storage_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
     )
     assert again.images_inferred == 0
     assert again.images_written == 5
+
+
+def test_scan_classifies_objects_from_the_listing(s3, s3_endpoint) -> None:
+    from anon_tasks.dataset import scan_dataset
+    from anon_tasks.records import ImageRef
+
+    jpeg_head = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200)
+    objects = {
+        "a.jpg": b"1",
+        "a.k/x.png": b"1",  # between a.jpg and its caption in key order
+        "a.txt": b"a caption",
+        "IMG_0001": jpeg_head,
+        "IMG_0001.txt": b"a caption",
+        "notes.dat": b"plain text",
+        "empty": b"",
+        ".cache/a.jpg": b"1",
+        ".cache/b.jpg": b"1",
+        "sub/.DS_Store": b"1",
+    }
+    for key, content in objects.items():
+        s3.pipe(f"{BUCKET}/scan/{key}", content)
+    entries = list(scan_dataset(f"s3://{BUCKET}/scan", {"endpoint_url": s3_endpoint}))
+    images = {e.relative_path: e for e in entries if isinstance(e, ImageRef)}
+    skipped = {e.relative_path: e.reason for e in entries if not isinstance(e, ImageRef)}
+    assert sorted(images) == ["IMG_0001", "a.jpg", "a.k/x.png"]
+    assert [s.relative_path for s in images["a.jpg"].sidecars] == ["a.txt"]
+    assert [s.relative_path for s in images["IMG_0001"].sidecars] == ["IMG_0001.txt"]
+    assert images["IMG_0001"].fingerprint.startswith("etag:")
+    assert skipped == {
+        ".cache": "hidden folder, not descended",
+        "empty": "not an image (empty file)",
+        "notes.dat": "not an image (text)",
+        "sub/.DS_Store": "hidden file",
+    }
+
+
+def _s3_manifest(fs, prefix: str) -> dict[str, dict]:
+    fs.invalidate_cache()
+    lines = fs.cat(f"{prefix}/_anonymize/manifest.jsonl").decode().splitlines()
+    return {row["source"]: row for row in map(json.loads, lines)}
+
+
+def test_invariants_hold_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
+    """Sidecar image data stripped, gone sources removed, method none writes nothing, and
+    s3a:// is the same bucket as s3:// for the overlap check: on an object store too."""
+    import base64
+
+    from anon_tasks.errors import ConfigurationError
+    from anon_tasks.flows import anonymize_dataset
+    from anon_tasks.settings import AnonymizeMethod, MaskSettings
+
+    def png(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    small = astronaut_rgb[::2, ::2].copy()
+    labelme = {
+        "shapes": [{"label": "face", "points": [[1, 2], [3, 4]]}],
+        "imageData": base64.b64encode(png(small)).decode(),
+        "caption": "an astronaut",
+    }
+    s3.pipe(f"{BUCKET}/raw/a.png", png(small))
+    s3.pipe(f"{BUCKET}/raw/a.json", json.dumps(labelme).encode())
+    s3.pipe(f"{BUCKET}/raw/b.png", png(np.roll(small, 50, axis=1)))
+    options = {"endpoint_url": s3_endpoint}
+    summary = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert summary.images_written == 2
+    s3.invalidate_cache()
+    sidecar = json.loads(s3.cat(f"{BUCKET}/anon/a.json"))
+    assert sidecar["shapes"] == labelme["shapes"]
+    assert not sidecar.get("imageData")
+    assert labelme["imageData"][:200] not in s3.cat(f"{BUCKET}/anon/a.json").decode()
+
+    s3.rm(f"{BUCKET}/raw/b.png")  # consent withdrawn
+    before = s3.cat(f"{BUCKET}/anon/a.png")
+    detect_only = anonymize_dataset(
+        f"s3a://{BUCKET}/raw",
+        f"s3a://{BUCKET}/anon",
+        DetectionSettings(device="cpu"),
+        MaskSettings(method=AnonymizeMethod.NONE),
+        run=RunSettings(storage_options=options),
+    )
+    assert detect_only.faces_found == 1
+    s3.invalidate_cache()
+    assert s3.exists(f"{BUCKET}/anon/b.png")  # none never touches dest, not even to remove
+    assert s3.cat(f"{BUCKET}/anon/a.png") == before
+
+    summary = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert summary.images_removed == 1
+    s3.invalidate_cache()
+    assert not s3.exists(f"{BUCKET}/anon/b.png")
+    assert _s3_manifest(s3, f"{BUCKET}/anon")["b.png"]["status"] == "removed"
+
+    for source, dest in [
+        (f"s3://{BUCKET}/raw", f"s3a://{BUCKET}/raw/out"),
+        (f"s3a://{BUCKET}/raw", f"s3://{BUCKET}"),
+    ]:
+        with pytest.raises(ConfigurationError):
+            anonymize_dataset(source, dest, run=RunSettings(storage_options=options))

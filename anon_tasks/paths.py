@@ -1,0 +1,131 @@
+"""Where a run may read and write: checked once, before any work starts.
+
+The invariant: nothing a run writes (outputs, sidecars, the manifest, the result storage) can
+land inside the source, and a run never starts when its paths make no sense. Every storage
+the tool accepts is compared in one normal form (``storage.normalize_location``): ``s3://``,
+``s3a://`` and ``s3n://`` name the same bucket, ``file://x`` and ``x`` the same folder, and
+local folders are compared by their real paths, links resolved. The writers enforce the same
+rule again at write time (``write_bytes_atomic(..., protected_root=source)``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from anon_tasks.errors import ConfigurationError
+from anon_tasks.formats import format_for_name
+from anon_tasks.storage import (
+    StorageOptions,
+    is_local,
+    local_path,
+    location_within,
+)
+
+__all__ = ["BLOCK_SLUG", "check_dataset_paths", "check_file_paths"]
+
+#: A Prefect block slug (``type/name``), as ``run.result_storage`` may name one.
+BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+
+
+def _overlap(source: str, other: str, options: StorageOptions | None) -> str | None:
+    """How ``other`` overlaps ``source`` ('is', 'is inside', 'contains'), or None."""
+    inside = location_within(other, source, options)
+    contains = location_within(source, other, options)
+    if inside and contains:
+        return "is"
+    if inside:
+        return "is inside"
+    if contains:
+        return "contains"
+    return None
+
+
+def _check_local_folder_target(url: str, field: str) -> None:
+    """A local dest must be a folder or not exist yet, and no part of it may be a file."""
+    path = local_path(url)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"is below the file {str(part)!r}"
+            raise ConfigurationError(f"{field}={url!r} {where}: it must be a folder", field=field)
+
+
+def check_dataset_paths(
+    source: str,
+    dest: str,
+    *,
+    result_storage: str | None = None,
+    options: StorageOptions | None = None,
+) -> None:
+    """Refuse a dataset run whose paths would read nothing or write into the source.
+
+    Args:
+        source: The dataset root.
+        dest: The output root.
+        result_storage: Where detections are cached, when it is a path or URL.
+        options: fsspec storage options.
+
+    Raises:
+        ConfigurationError: The source is missing or not a folder; dest (or the result storage)
+            is the source, inside it or a folder that contains it; dest is a file or below one.
+            The message names the field.
+    """
+    if is_local(source):
+        source_path = local_path(source)
+        if not source_path.exists():
+            raise ConfigurationError(f"source={source!r} does not exist", field="source")
+        if not source_path.is_dir():
+            raise ConfigurationError(f"source={source!r} is not a folder", field="source")
+    overlap = _overlap(source, dest, options)
+    if overlap is not None:
+        raise ConfigurationError(
+            f"dest={dest!r} {overlap} source={source!r}: the source is never written, so dest "
+            "must lie outside it and must not contain it",
+            field="dest",
+        )
+    if is_local(dest):
+        _check_local_folder_target(dest, "dest")
+    if result_storage is not None and not BLOCK_SLUG.match(result_storage):
+        overlap = _overlap(source, result_storage, options)
+        if overlap is not None:
+            raise ConfigurationError(
+                f"result_storage={result_storage!r} {overlap} source={source!r}: "
+                "the source is never written",
+                field="result_storage",
+            )
+
+
+def check_file_paths(source: str, dest: str) -> None:
+    """Refuse a single-file run that would overwrite its source or cannot be written.
+
+    Raises:
+        ConfigurationError: dest is the source (the same path, or the same file through a link
+            or a hard link), is an existing folder, is below a file, or has an extension that
+            names no image format this tool writes.
+    """
+    source_path, dest_path = local_path(source), local_path(dest)
+    if not source_path.is_file():
+        raise ConfigurationError(f"source={source!r} is not a file", field="source")
+    if dest_path.is_dir():
+        example = str(dest_path / source_path.name)
+        raise ConfigurationError(
+            f"dest={dest!r} is a folder: name the output file, e.g. {example!r}", field="dest"
+        )
+    same = os.path.realpath(source_path) == os.path.realpath(dest_path)
+    if not same and dest_path.exists():
+        same = source_path.samefile(dest_path)
+    if same:
+        raise ConfigurationError(
+            f"dest={dest!r} is the source file: the source is never written", field="dest"
+        )
+    for parent in dest_path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigurationError(
+                f"dest={dest!r} is below the file {str(parent)!r}", field="dest"
+            )
+    if format_for_name(dest_path.name) is None:
+        raise ConfigurationError(
+            f"dest={dest!r} has no image extension this tool writes "
+            "(.jpg, .png, .webp, .gif, .tif, .bmp, .avif, .heic)",
+            field="dest",
+        )

@@ -1,0 +1,137 @@
+"""Invariant 7: dest mirrors the source.
+
+When a source image goes (consent withdrawn) or can no longer be anonymised, the next run
+deletes the output an earlier run wrote for it, with a row saying so. Only files a previous
+manifest records as this tool's outputs are deleted, and a partition only deletes its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from anon_tasks.flows import anonymize_dataset
+from anon_tasks.settings import DetectionSettings, RunSettings
+from anon_tasks.sharding import partition_of
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+CPU = DetectionSettings(device="cpu")
+ALLOW = RunSettings(allow_failures=True, caption_note="faces are blurred")
+
+
+def manifest(dest: Path) -> dict[str, dict]:
+    lines = (dest / "_anonymize" / "manifest.jsonl").read_text().splitlines()
+    return {row["source"]: row for row in map(json.loads, lines)}
+
+
+def outputs(dest: Path) -> set[str]:
+    return {
+        p.relative_to(dest).as_posix()
+        for p in dest.rglob("*")
+        if p.is_file() and "_anonymize" not in p.parts
+    }
+
+
+@pytest.fixture
+def small_photos(astronaut_rgb):
+    """Four small real photos (a face in each), cheap to run through the model."""
+    return [
+        np.ascontiguousarray(np.roll(astronaut_rgb, 60 * i, axis=1)[::2, ::2]) for i in range(4)
+    ]
+
+
+def write_dataset(source: Path, photos, names) -> None:
+    for name, pixels in zip(names, photos, strict=False):
+        path = source / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+        path.with_suffix(".txt").write_text("a person outdoors\n")
+
+
+def test_deleted_source_removes_its_output_and_captions(tmp_path, small_photos) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "sub/b.png", "c.png"])
+    (dest / "mine").mkdir(parents=True)
+    (dest / "mine" / "notes.png").write_bytes(b"the user's own file")  # never recorded by us
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert {"a.png", "a.txt", "sub/b.png", "sub/b.txt"} <= outputs(dest)
+
+    (source / "sub" / "b.png").unlink()  # consent withdrawn
+    (source / "sub" / "b.txt").unlink()
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.images_removed == 1
+    assert "sub/b.png" not in outputs(dest)
+    assert "sub/b.txt" not in outputs(dest)
+    assert (dest / "mine" / "notes.png").read_bytes() == b"the user's own file"
+    assert manifest(dest)["sub/b.png"]["status"] == "removed"
+    # Once removed, the row goes on the next run: nothing is left to say about it.
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert "sub/b.png" not in manifest(dest)
+
+
+def test_source_that_became_unreadable_loses_its_output(tmp_path, small_photos) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "b.png"])
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    (source / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # corrupt now
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.failed_images == ("b.png",)
+    row = manifest(dest)["b.png"]
+    assert row["status"] == "failed"
+    assert row["output"] is None
+    assert "removed" in row["error"]
+    assert "b.png" not in outputs(dest)
+    assert "b.txt" not in outputs(dest)
+    assert "a.png" in outputs(dest)
+
+
+def test_a_partition_removes_only_its_own_outputs(tmp_path, small_photos) -> None:
+    names = [f"img{i}.png" for i in range(12)]
+    photos = (small_photos * 3)[:12]
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, photos, names)
+    owner = {name: partition_of(name, 2) for name in names}
+    assert set(owner.values()) == {0, 1}
+    for index in (0, 1):
+        part = ALLOW.model_copy(update={"partition_index": index, "partition_count": 2})
+        anonymize_dataset(str(source), str(dest), detection=CPU, run=part)
+    gone = [name for name in names if owner[name] == 0][:2]
+    for name in gone:
+        (source / name).unlink()
+    part1 = ALLOW.model_copy(update={"partition_index": 1, "partition_count": 2})
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=part1)
+    assert summary.images_removed == 0
+    assert set(gone) <= outputs(dest)  # partition 1 never deletes partition 0's outputs
+    part0 = ALLOW.model_copy(update={"partition_index": 0, "partition_count": 2})
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=part0)
+    assert summary.images_removed == len(gone)
+    assert not set(gone) & outputs(dest)
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(removed=st.sets(st.integers(0, 3), max_size=4), broken=st.sets(st.integers(0, 3)))
+def test_generated_removals_leave_exactly_the_surviving_outputs(
+    tmp_path_factory, small_photos, removed, broken
+) -> None:
+    root = tmp_path_factory.mktemp("mirror")
+    source, dest = root / "raw", root / "clean"
+    names = [f"d{i}/p{i}.png" for i in range(4)]
+    write_dataset(source, small_photos, names)
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    for index in removed:
+        (source / names[index]).unlink()
+    for index in broken - removed:
+        (source / names[index]).write_bytes(b"not an image at all")
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    alive = {names[i] for i in range(4) if i not in removed | broken}
+    images_left = {name for name in outputs(dest) if name.endswith(".png")}
+    assert images_left == alive
