@@ -41,6 +41,12 @@ _EXPORTS: dict[str, str] = {
     "detect_faces": "anon_tasks.tasks",
     "mask_faces": "anon_tasks.tasks",
     "write_images": "anon_tasks.tasks",
+    "scan_source": "anon_tasks.tasks",
+    "remove_stale_outputs": "anon_tasks.tasks",
+    "SkippedEntry": "anon_tasks.records",
+    "SidecarRefusedError": "anon_tasks.errors",
+    "UnreadableFileError": "anon_tasks.errors",
+    "UnsafePathError": "anon_tasks.errors",
 }
 
 __all__ = [
@@ -65,6 +71,10 @@ __all__ = [
     "Quality",
     "RunSettings",
     "RunSummary",
+    "SidecarRefusedError",
+    "SkippedEntry",
+    "UnreadableFileError",
+    "UnsafePathError",
     "UnsupportedImageError",
     "__version__",
     "decode_image",
@@ -72,6 +82,8 @@ __all__ = [
     "encode_image",
     "list_images",
     "mask_faces",
+    "remove_stale_outputs",
+    "scan_source",
     "write_images",
 ]
 
@@ -89,9 +101,12 @@ if TYPE_CHECKING:
         ImageTooLargeError,
         ModelError,
         ProviderError,
+        SidecarRefusedError,
+        UnreadableFileError,
+        UnsafePathError,
         UnsupportedImageError,
     )
-    from anon_tasks.records import ImageRef, ManifestRow, RunSummary
+    from anon_tasks.records import ImageRef, ManifestRow, RunSummary, SkippedEntry
     from anon_tasks.settings import (
         AnonymizeMethod,
         DetectionSettings,
@@ -100,7 +115,14 @@ if TYPE_CHECKING:
         Quality,
         RunSettings,
     )
-    from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
+    from anon_tasks.tasks import (
+        detect_faces,
+        list_images,
+        mask_faces,
+        remove_stale_outputs,
+        scan_source,
+        write_images,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -1,14 +1,33 @@
 """Image files in and out: upright pixels of every frame, written back in the source's own format.
 
 ``decode_image`` turns file bytes into a ``DecodedImage``: the pixels of every frame, turned
-upright (EXIF, XMP and AVIF orientation applied), in one of four channel-last layouts:
+upright the way browsers turn them, in one of four channel-last layouts:
 
     HxW      gray            HxWx2  gray + alpha
     HxWx3    RGB (never BGR) HxWx4  RGB + alpha
 
-with dtype ``uint8`` or ``uint16`` (16-bit PNG and TIFF stay 16-bit). ``encode_image`` writes
-such pixels back in the source's format, with exactly the layout and bit depth it is given,
-without metadata unless asked (and then never GPS, XMP, maker notes or an orientation tag).
+with dtype ``uint8`` or ``uint16`` (16-bit PNG and TIFF, and HEIF gray above 8 bits, stay
+16-bit). ``encode_image`` writes such pixels back in the source's format (or another one, when
+asked), with exactly the layout and bit depth it is given, without metadata unless asked (and
+then never GPS, XMP, maker notes or an orientation tag).
+
+Orientation is decided by one rule (``_display_orientation``) and applied exactly once, to
+the stored pixels, on every decoder path:
+
+* JPEG, MPO, PNG and WebP: the EXIF Orientation tag (JPEG APP1, PNG ``eXIf``, WebP ``EXIF``).
+* TIFF: each page's own IFD Orientation tag.
+* AVIF and HEIF: the container's ``irot``/``imir`` transforms, never the EXIF tag as well
+  (libheif applies them while decoding HEIF; Pillow's AVIF plugin reports them instead of the
+  EXIF tag and leaves the pixels stored).
+* GIF and BMP have no orientation.
+
+XMP ``tiff:Orientation`` and ImageMagick's PNG text profiles are ignored, as browsers ignore
+them. Decoders that would apply an orientation themselves (Pillow's TIFF plugin, OpenCV) are
+given a copy of the file whose orientation tags say 1, so they hand back the stored pixels.
+
+Round trips are faithful or refused: decoding, then encoding without changes, then decoding
+gives the same pixels (exactly for lossless formats, within the format's own loss for JPEG,
+lossy WebP, AVIF and HEIF), or ``UnsupportedImageError`` says why it cannot.
 
 Decisions worth knowing:
 
@@ -19,6 +38,11 @@ Decisions worth knowing:
   canvases, MPO/TIFF/HEIF pages one by one): a frame that is skipped would leave faces unmasked.
 * A file whose EXIF cannot be read is decoded as if its orientation were 1 and a warning is
   logged: the corrupt EXIF in the corpus still holds orientation 1 and its pixels are upright.
+* Animations are written as full canvases. Pillow's and libwebp's encoders merge a frame that
+  is identical to the one before it into that one's display time: what is shown is the same,
+  the file has a frame fewer.
+* GIF output keeps every colour when a frame has at most 256 (255 with transparency), and
+  median-cut quantises otherwise; alpha becomes GIF's on/off transparency at 128.
 * Decoded frames are read-only views: masking must build new arrays, never write in place.
 """
 
@@ -40,7 +64,7 @@ from typing import Any, Final
 import cv2
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageFile, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageSequence, PngImagePlugin, UnidentifiedImageError
 
 from anon_tasks.errors import (
     ImageDecodeError,
@@ -49,6 +73,7 @@ from anon_tasks.errors import (
     ImageTooLargeError,
     UnsupportedImageError,
 )
+from anon_tasks.formats import SNIFF_BYTES, sniff_image_format
 from anon_tasks.settings import OutputSettings
 
 __all__ = [
@@ -72,6 +97,7 @@ SUPPORTED_FORMATS: Final[tuple[str, ...]] = (
     "WEBP",
     "GIF",
     "TIFF",
+    "BMP",
     "AVIF",
     "HEIF",
 )
@@ -79,6 +105,12 @@ _UNIDENTIFIED: Final = "not an image, or not one of " + ", ".join(SUPPORTED_FORM
 _OPEN_FORMATS: Final[tuple[str, ...]] = tuple(fmt for fmt in SUPPORTED_FORMATS if fmt != "MPO")
 #: Multi-frame files of these formats are animations: one canvas, per-frame durations.
 _ANIMATION_FORMATS: Final[frozenset[str]] = frozenset({"GIF", "WEBP", "PNG", "AVIF"})
+#: Multi-frame files of these formats are separate pages (or views), without timing.
+_PAGE_FORMATS: Final[frozenset[str]] = frozenset({"TIFF", "MPO", "HEIF"})
+#: Formats that hold one frame only.
+_SINGLE_FRAME_FORMATS: Final[frozenset[str]] = frozenset({"JPEG", "BMP"})
+#: Formats written without loss; a conversion from one of them to WebP is written lossless.
+_LOSSLESS_FORMATS: Final[frozenset[str]] = frozenset({"PNG", "GIF", "TIFF", "BMP"})
 
 _TAG_ORIENTATION: Final = 0x0112
 _TAG_EXIF_IFD: Final = 0x8769
@@ -107,9 +139,10 @@ _PILLOW_TARGET_MODE: Final[dict[str, str]] = {
     "YCbCr": "RGB",
 }
 _UINT16_MODES: Final[frozenset[str]] = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_ALPHA_MODES: Final[frozenset[str]] = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 #: Modes whose ``transparency`` info is a colour key that becomes an alpha channel.
 _KEYED_MODES: Final[frozenset[str]] = frozenset({"L", "RGB"} | _UINT16_MODES)
+#: Modes whose colour key Pillow ignores when it blends an APNG frame over the canvas.
+_UNBLENDED_KEY_MODES: Final[frozenset[str]] = frozenset({"1", "L"} | _UINT16_MODES)
 
 #: Upright pixels from stored pixels, per EXIF orientation (same transforms as Pillow's
 #: ``ImageOps.exif_transpose``).
@@ -144,12 +177,14 @@ class DecodedImage:
     Attributes:
         frames: Pixels of each frame: HxW, HxWx2, HxWx3 or HxWx4, uint8 or uint16, RGB order,
             stored as read-only views (build new arrays to change them).
-        format: Pillow's name of the source format: JPEG, MPO, PNG, WEBP, GIF, TIFF, AVIF, HEIF.
+        format: Pillow's name of the source format: JPEG, MPO, PNG, WEBP, GIF, TIFF, BMP, AVIF
+            or HEIF.
         icc_profile: The source's ICC profile when it fits the pixels (RGB or gray), else None.
         exif: The source's raw EXIF block; written (filtered) only with ``keep_metadata``.
         durations_ms: Display time of each frame of an animation; empty for stills and pages.
         loop: Animation loop count (0: forever); None when the source has none.
-        lossless: The source was lossless WebP, so the output is too.
+        lossless: The source was lossless WebP, so the output is too (a lossless format
+            written as WebP is written lossless as well).
         progressive: The source was a progressive JPEG, so the output is too.
         jpeg_subsampling: The source JPEG's chroma subsampling as Pillow numbers it (0: 4:4:4,
             1: 4:2:2, 2: 4:2:0), kept in the output; None when not a JPEG or unknown.
@@ -243,8 +278,8 @@ def decode_image(
 
     Raises:
         ImageTooLargeError: The headers declare more than ``max_pixels`` pixels.
-        UnsupportedImageError: A layout this module cannot carry (float pixels, 16-bit
-            colour animations).
+        UnsupportedImageError: A layout this module cannot carry faithfully (float pixels,
+            16-bit colour animations, 16-bit colour mixed with other TIFF pages...).
         ImageDecodeError: Not an image of a supported format, truncated or corrupt.
     """
     caught: list[warnings.WarningMessage] = []
@@ -264,17 +299,30 @@ def decode_image(
 
 
 def encode_image(
-    image: DecodedImage, *, settings: OutputSettings, source: str = "<bytes>"
+    image: DecodedImage,
+    *,
+    settings: OutputSettings,
+    source: str = "<bytes>",
+    format: str | None = None,
 ) -> bytes:
-    """Encode ``image`` in its source format, with the layout and bit depth of its frames.
+    """Encode ``image`` in its source format (or ``format``), with its frames' layout and depth.
 
     Metadata is stripped unless ``settings.keep_metadata``: then the source EXIF is written
-    without GPS, orientation, maker notes, thumbnails or XMP. The ICC profile is always kept.
+    without GPS, orientation, maker notes, thumbnails or XMP. The ICC profile is kept wherever
+    the format holds one (not in GIF or BMP).
+
+    Another format than the source's gets the same pixels or a refusal: gray becomes RGB where
+    the format has no gray (WebP), and nothing else is converted. Frames that the format cannot
+    hold (several frames into JPEG or BMP, an animation into TIFF pages, pages into an
+    animation, 16-bit pixels into an 8-bit format, alpha into JPEG, partial alpha into GIF)
+    are refused.
 
     Args:
         image: The frames to write and the source's metadata.
         settings: Output quality and metadata policy.
         source: The file's name or URL, for error messages.
+        format: Pillow's name of the format to write (``"PNG"``, ``"JPEG"``...; any case);
+            None writes the source's format.
 
     Returns:
         The encoded file.
@@ -283,19 +331,19 @@ def encode_image(
         UnsupportedImageError: The format cannot hold these frames faithfully.
         ImageEncodeError: The encoder failed.
     """
-    encoder = _ENCODERS.get(image.format)
+    target = image.format if format is None else format.strip().upper()
+    encoder = _ENCODERS.get(target)
     if encoder is None:
-        raise UnsupportedImageError(f"cannot write {image.format} images", source=source)
+        raise UnsupportedImageError(f"cannot write {target} images", source=source)
     try:
+        image = _converted(image, target)
         _check_writable(image)
         exif = _output_exif(image.exif, source) if settings.keep_metadata else None
         return encoder(image, settings, exif)
     except _UnsupportedLayoutError as exc:
         raise UnsupportedImageError(str(exc), source=source) from exc
     except Exception as exc:  # any encoder failure is reported as this image's failure
-        raise ImageEncodeError(
-            f"cannot encode {image.format}: {_describe(exc)}", source=source
-        ) from exc
+        raise ImageEncodeError(f"cannot encode {target}: {_describe(exc)}", source=source) from exc
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -392,23 +440,61 @@ def _route_warning(
 # --- decoding -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _TiffPage:
+    """What one TIFF directory says about its page, read from the bytes, not by a decoder."""
+
+    orientation: int
+    width: int
+    height: int
+    bits_per_sample: int
+    samples_per_pixel: int
+    photometric: int | None
+    extra_samples: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _StoredFile:
+    """The bytes every decoder is given, and the orientation the container records.
+
+    Attributes:
+        data: The file with every orientation a decoder could apply by itself taken out (TIFF
+            Orientation tags set to 1 and XMP orientation unreadable, PNG ``eXIf`` chunks
+            removed), so that every decoder gives the stored pixels.
+        png_exif: The payload of a PNG's first ``eXIf`` chunk.
+        tiff_pages: A TIFF's directories, one per page, in page order.
+    """
+
+    data: bytes
+    png_exif: bytes | None = None
+    tiff_pages: tuple[_TiffPage, ...] = ()
+
+
 def _decode(data: bytes, source: str, max_pixels: int) -> DecodedImage:
-    with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as im:
+    stored = _stored_file(data)
+    with Image.open(io.BytesIO(stored.data), formats=_OPEN_FORMATS) as im:
         fmt = str(im.format)
         n_frames = _check_pixel_budget(im, max_pixels, source)
+        if fmt == "TIFF" and len(stored.tiff_pages) != n_frames:
+            raise ImageDecodeError(
+                f"{len(stored.tiff_pages)} TIFF directories read for {n_frames} pages",
+                source=source,
+            )
         # Container metadata is read before seeking: later frames may carry their own.
         icc = im.info.get("icc_profile")
-        exif = _source_exif(im)
+        exif = stored.png_exif if fmt == "PNG" else _source_exif(im)
         loop = im.info.get("loop")
         progressive = bool(im.info.get("progressive"))
         subsampling = _jpeg_subsampling(im) if fmt in ("JPEG", "MPO") else None
         durations: tuple[int, ...] = ()
-        if _is_high_bit_colour(im, data):
-            frames = _high_bit_frames(im, data, n_frames, source)
+        if fmt == "TIFF" and _is_high_bit_tiff(stored.tiff_pages):
+            frames = _high_bit_tiff_frames(im, stored, max_pixels, source)
+        elif fmt == "PNG" and _is_high_bit_png(stored.data):
+            frames = _high_bit_png_frames(im, stored, n_frames, source)
         elif n_frames > 1 and fmt in _ANIMATION_FORMATS:
-            frames, durations = _animation_frames(im, source)
+            frames, durations = _animation_frames(im, stored, source)
         else:
-            frames = _page_frames(im, max_pixels, source)
+            frames = _page_frames(im, stored, max_pixels, source)
     return DecodedImage(
         frames=frames,
         format=fmt,
@@ -416,7 +502,7 @@ def _decode(data: bytes, source: str, max_pixels: int) -> DecodedImage:
         exif=exif,
         durations_ms=durations,
         loop=loop if durations and isinstance(loop, int) else None,
-        lossless=fmt == "WEBP" and _webp_is_lossless(data),
+        lossless=fmt == "WEBP" and _webp_is_lossless(stored.data),
         progressive=fmt == "JPEG" and progressive,
         jpeg_subsampling=subsampling,
     )
@@ -454,12 +540,44 @@ def _source_exif(im: Image.Image) -> bytes | None:
     return bytes(raw) if isinstance(raw, bytes) and raw else None
 
 
-def _orientation(im: Image.Image, source: str) -> int:
-    """EXIF orientation of the current frame (Pillow also reads XMP and AVIF irot/imir)."""
-    try:
-        value = im.getexif().get(_TAG_ORIENTATION, 1)
-    except Exception as exc:  # a corrupt EXIF block must not cost the pixels
-        logger.warning("%s: unreadable EXIF, assuming upright: %s", source, _describe(exc))
+# --- orientation: the one rule --------------------------------------------------------------
+
+
+def _display_orientation(im: Image.Image, stored: _StoredFile, page: int, source: str) -> int:
+    """The orientation a browser applies to the stored pixels of ``page``: the one rule.
+
+    * JPEG, MPO, WebP: the Orientation tag of the frame's EXIF block (Pillow keeps the first
+      APP1 Exif segment of each JPEG frame, and WebP's EXIF chunk).
+    * PNG: the Orientation tag of the first ``eXIf`` chunk.
+    * TIFF: the Orientation tag of the page's own directory.
+    * AVIF: the container's ``irot``/``imir`` transforms: Pillow's plugin writes them into the
+      EXIF block in place of the block's own tag, and leaves the pixels as stored.
+    * HEIF: 1. libheif has applied ``irot``/``imir`` while decoding; the EXIF tag (which
+      pillow_heif resets to 1) is never applied on top.
+    * GIF, BMP: 1; they have no orientation.
+
+    XMP orientation is never read. Every decoder path calls this, once per frame (an animation
+    once for all its frames), on pixels that no decoder has turned.
+
+    Args:
+        im: The open image, sought to ``page`` (its ``info`` is that frame's).
+        stored: The bytes the decoders were given and what the container records.
+        page: Index of the page or frame.
+        source: The file's name, for the warnings.
+
+    Returns:
+        An EXIF orientation, 1 to 8; 1 (with a warning) when the value cannot be read or is not
+        one of them.
+    """
+    fmt = im.format
+    value: Any
+    if fmt == "TIFF":
+        value = stored.tiff_pages[page].orientation
+    elif fmt == "PNG":
+        value = _exif_orientation(stored.png_exif, source)
+    elif fmt in ("JPEG", "MPO", "WEBP", "AVIF"):
+        value = _exif_orientation(_source_exif(im), source)
+    else:
         return 1
     if not isinstance(value, int) or not 1 <= value <= 8:
         logger.warning("%s: invalid EXIF orientation %r, assuming upright", source, value)
@@ -467,44 +585,210 @@ def _orientation(im: Image.Image, source: str) -> int:
     return value
 
 
+def _exif_orientation(raw: bytes | None, source: str) -> Any:
+    """The Orientation tag of a raw EXIF block (1 when there is none), as stored."""
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(_TAG_ORIENTATION, 1)
+    except Exception as exc:  # a corrupt EXIF block must not cost the pixels
+        logger.warning("%s: unreadable EXIF, assuming upright: %s", source, _describe(exc))
+        return 1
+
+
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     fix = _ORIENTATION_FIXES.get(orientation)
     return np.ascontiguousarray(pixels if fix is None else fix(pixels))
 
 
-def _page_frames(im: Image.Image, max_pixels: int, source: str) -> tuple[np.ndarray, ...]:
+def _stored_file(data: bytes) -> _StoredFile:
+    """The file as decoders get it: without the orientation they would apply by themselves."""
+    if data[:4] in _TIFF_PREFIXES:
+        neutral, pages = _tiff_without_orientation(data)
+        return _StoredFile(neutral, tiff_pages=pages)
+    if sniff_image_format(data[:SNIFF_BYTES]) == "PNG":
+        neutral, exif = _png_without_exif(data)
+        return _StoredFile(neutral, png_exif=exif)
+    return _StoredFile(data)
+
+
+def _png_without_exif(data: bytes) -> tuple[bytes, bytes | None]:
+    """A PNG without its ``eXIf`` chunks, and the first one's payload (None when it has none).
+
+    Neither Pillow nor OpenCV then has an orientation to apply; the rule reads the payload.
+    """
+    position = len(_PNG_SIGNATURE)
+    kept: list[bytes] = []
+    kept_from = 0
+    exif: bytes | None = None
+    while position + 12 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        tag = data[position + 4 : position + 8]
+        end = position + 12 + length
+        if tag == b"eXIf" and end <= len(data):
+            if exif is None:
+                exif = data[position + 8 : end - 4]
+            kept.append(data[kept_from:position])
+            kept_from = end
+        if tag == b"IEND":
+            break
+        position = end
+    if kept_from == 0:
+        return data, None
+    kept.append(data[kept_from:])
+    return b"".join(kept), exif
+
+
+#: TIFF headers Pillow accepts (it also reads two invalid byte orders).
+_TIFF_PREFIXES: Final[tuple[bytes, ...]] = (
+    b"MM\x00\x2a",
+    b"II\x2a\x00",
+    b"MM\x2a\x00",
+    b"II\x00\x2a",
+    b"MM\x00\x2b",
+    b"II\x2b\x00",
+)
+_TIFF_TYPE_SIZES: Final[dict[int, int]] = {
+    1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8,
+    17: 8, 18: 8,
+}  # fmt: skip
+#: struct codes of the unsigned integer TIFF field types.
+_TIFF_UINT_CODES: Final[dict[int, str]] = {1: "B", 3: "H", 4: "L", 13: "L", 16: "Q", 18: "Q"}
+#: Tags read for each page: size, bits and samples, photometric, orientation, extra samples.
+_TIFF_PAGE_TAGS: Final[frozenset[int]] = frozenset({256, 257, 258, 262, 274, 277, 338})
+_TIFF_TAG_XMP: Final = 700
+_TIFF_MAX_PAGES: Final = 65_536
+#: Directory entries read in all, at most: directories may overlap, so a small file could
+#: otherwise make the walk read billions.
+_TIFF_MAX_ENTRIES: Final = 1 << 20
+_XMP_ORIENTATION: Final = b"tiff:Orientation"
+_XMP_NO_ORIENTATION: Final = b"tiff:0rientation"
+
+
+def _tiff_without_orientation(data: bytes) -> tuple[bytes, tuple[_TiffPage, ...]]:
+    """A copy of a TIFF whose pages all say orientation 1, and each page's own directory.
+
+    Pillow's TIFF plugin turns pages while loading them (by the Orientation tag or, without
+    one, by XMP's), and OpenCV's TIFF decoder turns them whatever its flags: given this copy,
+    both return the stored pixels. XMP ``tiff:Orientation`` is respelled so that nothing reads
+    it. Directories are walked as Pillow walks them (its byte order and BigTIFF test).
+
+    Raises:
+        ValueError: The directories form a loop, lie outside the file or hold too many entries.
+        struct.error: A directory lies outside the file.
+        _UnsupportedLayoutError: An Orientation tag that is not an unsigned integer.
+    """
+    endian = ">" if data[:2] == b"MM" else "<"
+    big = data[2] == 43
+    pointer, inline, entry_size, head = ("Q", 8, 20, 8) if big else ("L", 4, 12, 2)
+
+    def read(code: str, at: int) -> tuple[int, ...]:
+        return struct.unpack_from(endian + code, data, at)
+
+    patched = bytearray(data)
+    pages: list[_TiffPage] = []
+    seen: set[int] = set()
+    entries = 0
+    (offset,) = read(pointer, 8 if big else 4)
+    while offset:
+        if offset in seen or len(pages) >= _TIFF_MAX_PAGES:
+            raise ValueError("TIFF directories form a loop")
+        seen.add(offset)
+        (count,) = read("Q" if big else "H", offset)
+        first = offset + head
+        entries += count
+        if first + count * entry_size + inline > len(data) or entries > _TIFF_MAX_ENTRIES:
+            raise ValueError("TIFF directory lies outside the file or is too long")
+        tags: dict[int, tuple[int, ...]] = {}
+        for at in range(first, first + count * entry_size, entry_size):
+            tag, kind = read("HH", at)
+            (number,) = read(pointer, at + 4)
+            size = _TIFF_TYPE_SIZES.get(kind, 1) * number
+            where = at + 4 + inline if size <= inline else read(pointer, at + 4 + inline)[0]
+            code = _TIFF_UINT_CODES.get(kind)
+            if tag == _TAG_ORIENTATION:
+                if code is None or number < 1:
+                    raise _UnsupportedLayoutError("TIFF orientation tag is not an integer")
+                tags[tag] = read(code, where)
+                struct.pack_into(endian + code, patched, where, 1)
+            elif tag == _TIFF_TAG_XMP:
+                xmp = bytes(patched[where : where + size])
+                patched[where : where + size] = xmp.replace(_XMP_ORIENTATION, _XMP_NO_ORIENTATION)
+            elif tag in _TIFF_PAGE_TAGS and code is not None and 1 <= number <= 16:
+                tags[tag] = read(f"{number}{code}", where)
+        pages.append(
+            _TiffPage(
+                orientation=tags.get(_TAG_ORIENTATION, (1,))[0],
+                width=tags.get(256, (0,))[0],
+                height=tags.get(257, (0,))[0],
+                bits_per_sample=max(tags.get(258, (1,))),
+                samples_per_pixel=tags.get(277, (1,))[0],
+                photometric=tags[262][0] if 262 in tags else None,
+                extra_samples=tags.get(338, ()),
+            )
+        )
+        (offset,) = read(pointer, first + count * entry_size)
+    return bytes(patched), tuple(pages)
+
+
+# --- pixels of each frame -------------------------------------------------------------------
+
+
+def _page_frames(
+    im: Image.Image, stored: _StoredFile, max_pixels: int, source: str
+) -> tuple[np.ndarray, ...]:
     """Decode each page (a still has one) on its own, each with its own orientation."""
     frames: list[np.ndarray] = []
     spent = 0
-    for page in ImageSequence.Iterator(im):
+    for index, page in enumerate(ImageSequence.Iterator(im)):
         # Pages may be larger than the first one the headers check looked at.
         spent += page.width * page.height
         if spent > max_pixels:
             raise ImageTooLargeError(
                 f"pages hold more than the limit of {max_pixels} pixels", source=source
             )
-        frames.append(_upright(_still_pixels(page), _orientation(page, source)))
+        pixels = _still_pixels(page)
+        frames.append(_upright(pixels, _display_orientation(page, stored, index, source)))
     return tuple(frames)
 
 
 def _animation_frames(
-    im: Image.Image, source: str
+    im: Image.Image, stored: _StoredFile, source: str
 ) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
-    """Decode each composited canvas of an animation, RGBA when any frame is transparent."""
-    orientation = _orientation(im, source)
+    """Decode each composited canvas of an animation.
+
+    APNG frames share one mode, so they keep the still layout of that mode (gray, 16-bit gray,
+    a colour key as alpha...). GIF, WebP and AVIF canvases become RGBA, or RGB when every
+    canvas is opaque.
+    """
+    keep_mode = im.format == "PNG"
     canvases: list[np.ndarray] = []
     durations: list[int] = []
-    transparent = False
-    for frame in ImageSequence.Iterator(im):
-        transparent = transparent or _has_transparency(frame)
-        canvases.append(np.asarray(frame.convert("RGBA")))
+    orientation = 1
+    for index, frame in enumerate(ImageSequence.Iterator(im)):
+        if index > 0 and _blends_over_an_ignored_key(frame):
+            raise _UnsupportedLayoutError(
+                f"APNG frames blended over a {frame.mode} colour key cannot be composited"
+            )
+        canvases.append(_still_pixels(frame) if keep_mode else np.asarray(frame.convert("RGBA")))
+        if index == 0:
+            orientation = _display_orientation(frame, stored, 0, source)
         durations.append(round(float(frame.info.get("duration") or 0)))
-    frames = tuple(_upright(c if transparent else c[..., :3], orientation) for c in canvases)
-    return frames, tuple(durations)
+    if not keep_mode and all(bool(canvas[..., 3].min() == 255) for canvas in canvases):
+        canvases = [canvas[..., :3] for canvas in canvases]
+    return tuple(_upright(canvas, orientation) for canvas in canvases), tuple(durations)
 
 
-def _has_transparency(im: Image.Image) -> bool:
-    return im.mode in _ALPHA_MODES or "transparency" in im.info
+def _blends_over_an_ignored_key(frame: Image.Image) -> bool:
+    """An APNG frame blended over the canvas in a mode whose colour key Pillow then ignores."""
+    return (
+        frame.format == "PNG"
+        and frame.mode in _UNBLENDED_KEY_MODES
+        and "transparency" in frame.info
+        and frame.info.get("blend") == PngImagePlugin.Blend.OP_OVER
+    )
 
 
 def _still_pixels(im: Image.Image) -> np.ndarray:
@@ -558,7 +842,8 @@ def _matching_icc(icc: Any, frame: np.ndarray) -> bytes | None:
     return icc
 
 
-# 16-bit colour: Pillow reduces 16-bit RGB(A) to 8 bits, so OpenCV decodes those pixels.
+# 16-bit colour: Pillow reduces 16-bit RGB(A) to 8 bits, so OpenCV decodes those pixels (from
+# the same neutralised bytes: OpenCV's TIFF decoder would apply the orientation tag itself).
 
 
 def _png_header(data: bytes) -> tuple[int, int] | None:
@@ -568,35 +853,71 @@ def _png_header(data: bytes) -> tuple[int, int] | None:
     return data[24], data[25]
 
 
-def _is_high_bit_colour(im: Image.Image, data: bytes) -> bool:
-    if im.format == "PNG":
-        header = _png_header(data)
-        return header is not None and header[0] == 16 and header[1] in (2, 4, 6)
-    if im.format == "TIFF":
-        tags = getattr(im, "tag_v2", {})
-        bits = tags.get(258, (8,))
-        bits = bits if isinstance(bits, tuple) else (bits,)
-        return max(bits) > 8 and int(tags.get(277, 1)) >= 3
-    return False
+def _is_high_bit_png(data: bytes) -> bool:
+    header = _png_header(data)
+    return header is not None and header[0] == 16 and header[1] in (2, 4, 6)
 
 
-def _high_bit_frames(
-    im: Image.Image, data: bytes, n_frames: int, source: str
+def _is_high_bit_tiff(pages: Sequence[_TiffPage]) -> bool:
+    """True when every page holds more than 8 bits of colour; mixed files are refused."""
+    deep = [page.bits_per_sample > 8 and page.samples_per_pixel >= 3 for page in pages]
+    if any(deep) and not all(deep):
+        raise _UnsupportedLayoutError("TIFF pages mix 16-bit colour with other layouts")
+    return bool(deep) and all(deep)
+
+
+def _high_bit_png_frames(
+    im: Image.Image, stored: _StoredFile, n_frames: int, source: str
 ) -> tuple[np.ndarray, ...]:
     if n_frames > 1:
-        raise _UnsupportedLayoutError("multi-frame 16-bit colour images are not supported")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        raise _UnsupportedLayoutError("16-bit colour animated PNG is not supported")
+    decoded = cv2.imdecode(np.frombuffer(stored.data, np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.ndim != 3 or decoded.dtype != np.uint16:
         raise ImageDecodeError("OpenCV cannot decode the 16-bit colour pixels", source=source)
+    if decoded.shape[:2] != (im.height, im.width):
+        raise ImageDecodeError("OpenCV turned the 16-bit colour pixels", source=source)
     pixels = _bgr_to_rgb(decoded)
-    if im.format == "PNG" and _png_header(data) == (16, 4):
+    if _png_header(stored.data) == (16, 4):
         pixels = pixels[..., [0, 3]]  # OpenCV expands gray+alpha to BGRA
     key = im.info.get("transparency")
     if pixels.shape[2] == 3 and key is not None:
         pixels = _add_key_alpha(pixels, key)
-    if im.format == "TIFF" and getattr(im, "tag_v2", {}).get(338) in (1, (1,)):
-        pixels = _unpremultiply(pixels)
-    return (_upright(pixels, _orientation(im, source)),)
+    return (_upright(pixels, _display_orientation(im, stored, 0, source)),)
+
+
+def _high_bit_tiff_frames(
+    im: Image.Image, stored: _StoredFile, max_pixels: int, source: str
+) -> tuple[np.ndarray, ...]:
+    pages = stored.tiff_pages
+    if sum(page.width * page.height for page in pages) > max_pixels:
+        raise ImageTooLargeError(
+            f"pages hold more than the limit of {max_pixels} pixels", source=source
+        )
+    for page in pages:
+        if (page.bits_per_sample, page.photometric) != (16, 2) or page.samples_per_pixel > 4:
+            raise _UnsupportedLayoutError(
+                f"{page.bits_per_sample}-bit TIFF with {page.samples_per_pixel} samples "
+                f"(photometric {page.photometric}) is not supported"
+            )
+    ok, decoded = cv2.imdecodemulti(np.frombuffer(stored.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if not ok or len(decoded) != len(pages):
+        raise ImageDecodeError("OpenCV cannot decode the 16-bit colour pages", source=source)
+    frames: list[np.ndarray] = []
+    for index, (page, pixels) in enumerate(zip(pages, decoded, strict=True)):
+        expected = (page.height, page.width, page.samples_per_pixel)
+        if pixels.dtype != np.uint16 or pixels.shape != expected:
+            raise ImageDecodeError(
+                f"OpenCV decoded a {pixels.dtype} {pixels.shape} page, not {expected}",
+                source=source,
+            )
+        rgb = _bgr_to_rgb(pixels)
+        if rgb.shape[2] == 4:
+            if page.extra_samples[:1] == (1,):
+                rgb = _unpremultiply(rgb)
+            elif page.extra_samples[:1] != (2,):
+                rgb = rgb[..., :3]  # an unspecified extra sample is not alpha
+        frames.append(_upright(rgb, _display_orientation(im, stored, index, source)))
+    return tuple(frames)
 
 
 def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -650,24 +971,80 @@ _WRITABLE_LAYOUTS: Final[dict[str, frozenset[tuple[np.dtype[Any], int]]]] = {
     "MPO": _OPAQUE_8BIT,
     "PNG": _ALL_8BIT | _ALL_16BIT,
     "WEBP": _COLOUR_8BIT,
-    "GIF": _COLOUR_8BIT,
+    "GIF": _ALL_8BIT,
     # Nothing reads back 16-bit gray+alpha TIFF (Pillow cannot identify it, OpenCV drops alpha).
     "TIFF": _ALL_8BIT | frozenset({(_U16, 1), (_U16, 3), (_U16, 4)}),
-    # Monochrome AVIF/HEIF decode as gray and are written back as such.
+    "BMP": frozenset({(_U8, 1), (_U8, 3), (_U8, 4)}),
+    # Monochrome AVIF/HEIF decode as gray and are written back as such; pillow-heif decodes
+    # monochrome above 8 bits as 16-bit gray and writes it as 10-bit.
     "AVIF": _COLOUR_8BIT | {(_U8, 1)},
-    "HEIF": _COLOUR_8BIT | {(_U8, 1)},
+    "HEIF": _COLOUR_8BIT | {(_U8, 1), (_U16, 1)},
 }
+
+
+def _converted(image: DecodedImage, target: str) -> DecodedImage:
+    """``image`` to be written as ``target``: as it is for its own format; for another one, gray
+    expanded to RGB where ``target`` has no gray, and anything else it cannot hold refused."""
+    if target == image.format:
+        return image
+    count = len(image.frames)
+    if count > 1:
+        if target in _SINGLE_FRAME_FORMATS:
+            raise _UnsupportedLayoutError(f"{target} holds one frame, not {count}")
+        if image.is_animation and target not in _ANIMATION_FORMATS:
+            raise _UnsupportedLayoutError(f"{target} cannot hold an animation")
+        if not image.is_animation and target not in _PAGE_FORMATS:
+            raise _UnsupportedLayoutError(f"{target} cannot hold {count} separate pages")
+    frames = tuple(_in_layout_of(frame, target) for frame in image.frames)
+    if target == "GIF" and any(_has_partial_alpha(frame) for frame in frames):
+        raise _UnsupportedLayoutError("GIF cannot hold partial transparency")
+    return dataclasses.replace(
+        image,
+        frames=frames,
+        format=target,
+        icc_profile=_matching_icc(image.icc_profile, frames[0]),
+        lossless=image.lossless if image.format == "WEBP" else image.format in _LOSSLESS_FORMATS,
+        progressive=image.progressive and target == "JPEG",
+        jpeg_subsampling=image.jpeg_subsampling if target in ("JPEG", "MPO") else None,
+    )
+
+
+def _in_layout_of(frame: np.ndarray, target: str) -> np.ndarray:
+    """``frame`` as it is when ``target`` holds its layout, 8-bit gray(+alpha) as RGB(A) when
+    ``target`` holds only colour; anything else is refused."""
+    allowed = _WRITABLE_LAYOUTS[target]
+    channels = _channels(frame)
+    if (frame.dtype, channels) in allowed:
+        return frame
+    if frame.dtype == _U8 and channels in (1, 2) and (_U8, channels + 2) in allowed:
+        gray = frame.reshape(*frame.shape[:2], channels)
+        return np.concatenate([np.repeat(gray[..., :1], 3, axis=2), gray[..., 1:]], axis=2)
+    raise _UnsupportedLayoutError(f"{target} cannot hold {channels}-channel {frame.dtype} pixels")
+
+
+def _has_partial_alpha(frame: np.ndarray) -> bool:
+    if _channels(frame) not in (2, 4):
+        return False
+    alpha = frame[..., -1]
+    opaque = np.iinfo(frame.dtype).max
+    return bool(np.any((alpha > 0) & (alpha < opaque)))
 
 
 def _check_writable(image: DecodedImage) -> None:
     allowed = _WRITABLE_LAYOUTS[image.format]
+    count = len(image.frames)
+    if count > 1 and image.format in _SINGLE_FRAME_FORMATS:
+        raise _UnsupportedLayoutError(f"{image.format} holds one frame, not {count}")
     for frame in image.frames:
         layout = (frame.dtype, _channels(frame))
         if layout not in allowed:
             raise _UnsupportedLayoutError(
                 f"{image.format} cannot hold {_channels(frame)}-channel {frame.dtype} pixels"
             )
-    if image.is_animation and len({f.shape for f in image.frames}) > 1:
+    if len({frame.dtype for frame in image.frames}) > 1:
+        raise _UnsupportedLayoutError("frames mix 8-bit and 16-bit pixels")
+    same_canvas = image.is_animation or (count > 1 and image.format in _ANIMATION_FORMATS)
+    if same_canvas and len({frame.shape for frame in image.frames}) > 1:
         raise _UnsupportedLayoutError("animation frames differ in size or layout")
 
 
@@ -722,7 +1099,8 @@ def _animation_options(image: DecodedImage) -> dict[str, Any]:
     if len(image.frames) > 1:
         options["save_all"] = True
     if image.is_animation:
-        options["duration"] = list(image.durations_ms)
+        durations = list(image.durations_ms)
+        options["duration"] = durations if len(durations) > 1 else durations[0]
     if image.loop is not None:
         options["loop"] = image.loop
     return options
@@ -823,9 +1201,7 @@ def _encode_mpo(image: DecodedImage, settings: OutputSettings, exif: bytes | Non
 def _encode_png(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:
     del settings  # PNG is lossless: there is nothing to tune
     if image.frames[0].dtype == np.uint16:
-        if len(image.frames) > 1:
-            raise _UnsupportedLayoutError("16-bit animated PNG is not supported")
-        return _encode_png16(image.frames[0], image.icc_profile, exif)
+        return _encode_png16(image, exif)
     options = _metadata_options(image, exif) | _animation_options(image)
     return _save(_pil_frames(image), "PNG", **options)
 
@@ -839,39 +1215,116 @@ def _encode_webp(image: DecodedImage, settings: OutputSettings, exif: bytes | No
 
 def _encode_gif(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:
     del settings, exif  # GIF has no quality setting and no EXIF
-    frames = [_gif_palette_frame(frame) for frame in image.frames]
+    pixels = image.frames
+    if len(pixels) > 1:
+        pixels = tuple(_in_layout_of(frame, "WEBP") for frame in pixels)  # canvases are RGB(A)
+    # An animation with alpha: every frame keeps index 255 transparent, each canvas replaces
+    # the one before (a hidden pixel must not show the last frame), and entry 255 gets a colour
+    # no visible pixel has, so Pillow's delta against the cleared canvas never crops one away.
+    keyed = len(pixels) > 1 and _channels(pixels[0]) == 4
+    frames = [_gif_palette_frame(frame, keyed=keyed) for frame in pixels]
     options = _animation_options(image)
     options["optimize"] = False  # Pillow's palette optimisation may reorder our transparent index
+    if keyed:
+        _give_transparent_entry_an_unused_colour(frames)
+        options["disposal"] = 2
     return _save(frames, "GIF", **options)
 
 
-def _gif_palette_frame(frame: np.ndarray) -> Image.Image:
-    """Quantise one RGB(A) frame to a palette; alpha below 128 becomes the transparent index."""
-    rgb = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
-    if frame.shape[2] == 3:
-        return rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-    # Index 255 is kept for transparency, so the visible colours get at most 255 entries.
-    paletted = rgb.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
-    indices = np.asarray(paletted).copy()
-    indices[frame[..., 3] < 128] = 255
-    palette = paletted.getpalette() or []
-    palette = (palette + [0] * 768)[:768]
-    result = Image.fromarray(indices, mode="P")
-    result.putpalette(palette)
-    result.info["transparency"] = 255
+def _gif_palette_frame(frame: np.ndarray, *, keyed: bool = False) -> Image.Image:
+    """One frame as a GIF palette image; alpha below 128 becomes the transparent index.
+
+    A gray still is written with the gray ramp (so it decodes as gray again), its transparent
+    index a gray level no visible pixel uses. Colour keeps its own colours when there are at
+    most 256 (255 beside the transparent index 255, which ``keyed`` always reserves), else it
+    is median-cut quantised.
+    """
+    channels = _channels(frame)
+    hidden = frame[..., -1] < 128 if channels in (2, 4) else np.zeros(frame.shape[:2], bool)
+    if channels <= 2:
+        gray = frame if channels == 1 else frame[..., 0]
+        unused = np.setdiff1d(np.arange(256), gray[~hidden])
+        if not hidden.any() or unused.size:
+            return _gray_gif_frame(gray, hidden, int(unused[-1]) if hidden.any() else None)
+        frame = np.concatenate([np.repeat(frame[..., :1], 3, axis=2), frame[..., 1:]], axis=2)
+    transparent = keyed or bool(hidden.any())
+    room = 255 if transparent else 256
+    rgb = frame[..., :3].astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed[~hidden], return_inverse=True)
+    indices = np.zeros(frame.shape[:2], np.uint8)
+    if len(colours) <= room:
+        indices[~hidden] = inverse.reshape(-1)
+        palette = np.stack([colours >> 16, (colours >> 8) & 0xFF, colours & 0xFF], axis=1)
+    else:
+        rgb_image = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
+        paletted = rgb_image.quantize(colors=room, method=Image.Quantize.MEDIANCUT)
+        indices = np.asarray(paletted).copy()
+        palette = np.asarray((paletted.getpalette() or [])[: 3 * room]).reshape(-1, 3)
+    indices[hidden] = 255
+    result = Image.frombytes("P", (frame.shape[1], frame.shape[0]), indices.tobytes())
+    flat = palette.astype(np.uint8).reshape(-1).tobytes()
+    result.putpalette(flat + bytes(768 - len(flat)))
+    if transparent:
+        result.info["transparency"] = 255
+    return result
+
+
+def _give_transparent_entry_an_unused_colour(frames: Sequence[Image.Image]) -> None:
+    """Set palette entry 255 of every frame to one colour that no other entry of any has."""
+    used: set[int] = set()
+    palettes = []
+    for frame in frames:
+        palette = np.frombuffer(bytes(frame.getpalette() or []), np.uint8).reshape(-1, 3)
+        palette = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])
+        palettes.append(palette)
+        entries = palette[:255].astype(np.uint32)
+        used.update(((entries[:, 0] << 16) | (entries[:, 1] << 8) | entries[:, 2]).tolist())
+    free = next(colour for colour in range(len(used) + 1) if colour not in used)
+    for frame, palette in zip(frames, palettes, strict=True):
+        palette[255] = (free >> 16, (free >> 8) & 0xFF, free & 0xFF)
+        frame.putpalette(palette.tobytes())
+
+
+def _gray_gif_frame(gray: np.ndarray, hidden: np.ndarray, key: int | None) -> Image.Image:
+    pixels = np.array(gray, dtype=np.uint8)
+    if key is not None:
+        pixels[hidden] = key
+    result = Image.fromarray(pixels)
+    if key is not None:
+        result.info["transparency"] = key
     return result
 
 
 def _encode_tiff(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:
     del settings, exif  # TIFF is written lossless; its tags are rebuilt, EXIF is not carried
     if image.frames[0].dtype == np.uint16:
-        if len(image.frames) > 1:
-            raise _UnsupportedLayoutError("multi-page 16-bit TIFF is not supported")
-        return _encode_tiff16(image.frames[0], image.icc_profile)
+        return _encode_tiff16(image.frames, image.icc_profile)
     options = _metadata_options(image, None) | {"compression": "tiff_adobe_deflate"}
     if len(image.frames) > 1:
         options["save_all"] = True
     return _save(_pil_frames(image), "TIFF", **options)
+
+
+def _encode_bmp(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:
+    del settings, exif  # BMP is uncompressed and holds no EXIF
+    frame = image.frames[0]
+    if _channels(frame) == 4:
+        return _bmp_rgba(frame)
+    return _save(_pil_frames(image), "BMP")
+
+
+def _bmp_rgba(frame: np.ndarray) -> bytes:
+    """32-bit BMP with an alpha mask (BITMAPV4HEADER, bit fields): Pillow writes RGBA as
+    32-bit BMP without a mask, which reads back without alpha."""
+    height, width = frame.shape[:2]
+    pixels = np.ascontiguousarray(frame[::-1, :, [2, 1, 0, 3]]).tobytes()  # bottom-up BGRA
+    offset = 14 + 108
+    info = struct.pack("<IiiHHIIiiII", 108, width, height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+    masks = struct.pack("<4I", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000)
+    colour_space = b"BGRs" + bytes(36 + 12)  # LCS_sRGB; no end points, no gamma
+    header = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
+    return header + info + masks + colour_space + pixels
 
 
 def _encode_avif(image: DecodedImage, settings: OutputSettings, exif: bytes | None) -> bytes:
@@ -894,13 +1347,15 @@ _ENCODERS: Final[dict[str, Callable[[DecodedImage, OutputSettings, bytes | None]
     "WEBP": _encode_webp,
     "GIF": _encode_gif,
     "TIFF": _encode_tiff,
+    "BMP": _encode_bmp,
     "AVIF": _encode_avif,
     "HEIF": _encode_heif,
 }
 
 
-# 16-bit PNG: Pillow cannot write 16-bit colour or gray+alpha, and OpenCV cannot write
-# gray+alpha, so this writes the few chunks itself (every 16-bit layout, ICC and EXIF kept).
+# 16-bit PNG: Pillow cannot write 16-bit colour, gray+alpha or 16-bit APNG, and OpenCV cannot
+# write gray+alpha, so this writes the few chunks itself (every 16-bit layout, ICC and EXIF
+# kept; several frames as an APNG of full canvases, each replacing the one before).
 
 
 def _png_chunk(tag: bytes, payload: bytes) -> bytes:
@@ -916,23 +1371,86 @@ def _png_up_filtered(rows: np.ndarray) -> bytes:
     return np.hstack([prefix, filtered]).tobytes()
 
 
-def _encode_png16(frame: np.ndarray, icc_profile: bytes | None, exif: bytes | None) -> bytes:
+def _png16_data(frame: np.ndarray) -> bytes:
     height, width = frame.shape[:2]
-    channels = _channels(frame)
-    rows = np.ascontiguousarray(frame, dtype=">u2").reshape(height, width * channels)
-    header = struct.pack(">IIBBBBB", width, height, 16, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    rows = np.ascontiguousarray(frame, dtype=">u2").reshape(height, width * _channels(frame))
+    return zlib.compress(_png_up_filtered(rows.view(np.uint8)), 6)
+
+
+def _apng_delay(duration_ms: int) -> tuple[int, int]:
+    """An APNG frame delay (numerator, denominator) for a display time in milliseconds."""
+    if duration_ms <= 0xFFFF:
+        return max(duration_ms, 0), 1000
+    return min(round(duration_ms / 10), 0xFFFF), 100
+
+
+def _encode_png16(image: DecodedImage, exif: bytes | None) -> bytes:
+    frames = image.frames
+    animated = len(frames) > 1
+    height, width = frames[0].shape[:2]
+    colour_type = _PNG_COLOUR_TYPES[_channels(frames[0])]
+    key: int | None = None
+    if animated and colour_type != 0:
+        # Pillow reads 16-bit APNG only as gray (I;16); gray + on/off alpha goes as a colour key.
+        frames, key = _gray16_keyed(frames)
+        colour_type = 0
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     chunks = [_png_chunk(b"IHDR", header)]
-    if icc_profile:
-        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+    if image.icc_profile:
+        payload = b"ICC profile\x00\x00" + zlib.compress(image.icc_profile)
+        chunks.append(_png_chunk(b"iCCP", payload))
     if exif:
-        chunks.append(_png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
-    chunks.append(_png_chunk(b"IDAT", zlib.compress(_png_up_filtered(rows.view(np.uint8)), 6)))
+        chunks.append(_png_chunk(b"eXIf", exif.removeprefix(_EXIF_HEADER)))
+    if key is not None:
+        chunks.append(_png_chunk(b"tRNS", struct.pack(">H", key)))
+    if animated:
+        chunks.append(_png_chunk(b"acTL", struct.pack(">II", len(frames), image.loop or 0)))
+    sequence = 0
+    for index, frame in enumerate(frames):
+        if animated:
+            duration = image.durations_ms[index] if image.durations_ms else 0
+            delay = _apng_delay(duration)
+            # Full canvas at (0, 0); dispose op 0 (none) and blend op 0 (source: replace).
+            control = struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, *delay, 0, 0)
+            chunks.append(_png_chunk(b"fcTL", control))
+            sequence += 1
+        if index == 0:
+            chunks.append(_png_chunk(b"IDAT", _png16_data(frame)))
+        else:
+            payload = struct.pack(">I", sequence) + _png16_data(frame)
+            chunks.append(_png_chunk(b"fdAT", payload))
+            sequence += 1
     chunks.append(_png_chunk(b"IEND", b""))
     return _PNG_SIGNATURE + b"".join(chunks)
 
 
+def _gray16_keyed(frames: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], int]:
+    """16-bit gray + alpha frames as gray frames and a tRNS key: hidden pixels take a gray
+    level that no visible pixel of any frame has.
+
+    Raises:
+        _UnsupportedLayoutError: Colour frames, partial alpha or no free gray level.
+    """
+    if _channels(frames[0]) != 2:
+        raise _UnsupportedLayoutError("16-bit colour animated PNG is not supported")
+    if any(_has_partial_alpha(frame) for frame in frames):
+        raise _UnsupportedLayoutError("16-bit animated PNG cannot hold partial transparency")
+    used = np.zeros(0x10000, bool)
+    for frame in frames:
+        used[frame[..., 0][frame[..., 1] != 0]] = True
+    free = np.flatnonzero(~used)
+    if free.size == 0:
+        raise _UnsupportedLayoutError("16-bit animated PNG has no free gray level for a key")
+    key = int(free[-1])
+    gray = tuple(
+        np.where(frame[..., 1] == 0, key, frame[..., 0]).astype(np.uint16) for frame in frames
+    )
+    return gray, key
+
+
 # 16-bit TIFF: Pillow cannot write 16-bit colour and OpenCV drops the ICC profile and leaves
-# alpha unlabelled, so this writes one little-endian IFD with a single deflated strip.
+# alpha unlabelled, so this writes little-endian IFDs (one per page), each page one deflated
+# strip.
 
 _TIFF_STRIP_OFFSETS: Final = 273
 _TIFF_SHORT: Final = 3
@@ -975,29 +1493,34 @@ def _tiff_entries(
     return entries
 
 
-def _encode_tiff16(frame: np.ndarray, icc_profile: bytes | None) -> bytes:
-    strip = zlib.compress(_tiff_predicted(frame), 6)
-    entries = _tiff_entries(frame, strip, icc_profile)
-    strip_offset = 8
-    ifd_offset = strip_offset + len(strip) + (len(strip) & 1)
-    extra_offset = ifd_offset + 2 + 12 * len(entries) + 4
-    ifd = [struct.pack("<H", len(entries))]
-    extra: list[bytes] = []
-    for tag, field_type, stored in entries:
-        values = [strip_offset] if tag == _TIFF_STRIP_OFFSETS else stored
-        payload = (
-            bytes(values)
-            if isinstance(values, bytes)
-            else struct.pack(f"<{len(values)}{_TIFF_FIELD_CODES[field_type]}", *values)
-        )
-        count = len(payload) // _TIFF_FIELD_SIZES[field_type]
-        if len(payload) <= 4:
-            ifd.append(struct.pack("<HHI", tag, field_type, count) + payload.ljust(4, b"\x00"))
-        else:
-            offset = extra_offset + sum(len(block) for block in extra)
-            ifd.append(struct.pack("<HHII", tag, field_type, count, offset))
-            extra.append(payload + b"\x00" * (len(payload) & 1))
-    ifd.append(struct.pack("<I", 0))
-    header = b"II*\x00" + struct.pack("<I", ifd_offset)
-    padding = b"\x00" * (len(strip) & 1)
-    return header + strip + padding + b"".join(ifd) + b"".join(extra)
+def _encode_tiff16(frames: Sequence[np.ndarray], icc_profile: bytes | None) -> bytes:
+    out = bytearray(b"II*\x00" + struct.pack("<I", 0))
+    next_pointer_at = 4  # where the offset of the next IFD is written
+    for frame in frames:
+        strip = zlib.compress(_tiff_predicted(frame), 6)
+        strip_offset = len(out)
+        out += strip + b"\x00" * (len(strip) & 1)
+        entries = _tiff_entries(frame, strip, icc_profile)
+        ifd_offset = len(out)
+        struct.pack_into("<I", out, next_pointer_at, ifd_offset)
+        extra_offset = ifd_offset + 2 + 12 * len(entries) + 4
+        ifd = [struct.pack("<H", len(entries))]
+        extra: list[bytes] = []
+        for tag, field_type, stored in entries:
+            values = [strip_offset] if tag == _TIFF_STRIP_OFFSETS else stored
+            payload = (
+                bytes(values)
+                if isinstance(values, bytes)
+                else struct.pack(f"<{len(values)}{_TIFF_FIELD_CODES[field_type]}", *values)
+            )
+            count = len(payload) // _TIFF_FIELD_SIZES[field_type]
+            if len(payload) <= 4:
+                ifd.append(struct.pack("<HHI", tag, field_type, count) + payload.ljust(4, b"\x00"))
+            else:
+                offset = extra_offset + sum(len(block) for block in extra)
+                ifd.append(struct.pack("<HHII", tag, field_type, count, offset))
+                extra.append(payload + b"\x00" * (len(payload) & 1))
+        ifd.append(struct.pack("<I", 0))
+        next_pointer_at = extra_offset - 4
+        out += b"".join(ifd) + b"".join(extra)
+    return bytes(out)

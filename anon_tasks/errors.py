@@ -12,8 +12,7 @@ One base class, three branches::
     │   ├── UnsupportedImageError  a format or layout that cannot be written back faithfully
     │   ├── ImageEncodeError       the anonymised pixels could not be encoded
     │   ├── UnsafePathError        a path that would lead outside its root, or into the source
-    │   ├── UnreadableFileError    not a regular file, too large, or a read that took too long
-    │   └── SourceChangedError     the bytes read differ from those the faces were found in
+    │   └── UnreadableFileError    not a regular file, too large, or a read that took too long
     └── SidecarRefusedError  a caption sidecar that is not plain text, or carries image data
 
 Every ``ImageError`` carries the name of the file it is about, so a report can list failures
@@ -33,7 +32,6 @@ __all__ = [
     "ModelError",
     "ProviderError",
     "SidecarRefusedError",
-    "SourceChangedError",
     "UnreadableFileError",
     "UnsafePathError",
     "UnsupportedImageError",
@@ -101,10 +99,6 @@ class UnsafePathError(ImageError):
 class UnreadableFileError(ImageError):
     """Not a regular file (a FIFO, device, folder or link loop), larger than the read limit,
     or a read that did not finish in time. Refused without blocking the run."""
-
-
-class SourceChangedError(ImageError):
-    """The file's bytes differ from those its faces were detected in (replaced mid-run)."""
 
 
 class SidecarRefusedError(AnonTasksError):

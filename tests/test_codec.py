@@ -59,7 +59,8 @@ def jpeg(shape: tuple[int, ...]) -> Decodes:
 
 
 # Every file of shared/data/awkward and what decode_image must do with it. Shapes are upright
-# (EXIF/XMP/AVIF orientation applied): Portrait_6 is stored 1800 wide and comes out 1200 wide.
+# (EXIF and AVIF orientation applied, XMP ignored): Portrait_6 is stored 1800 wide and comes out
+# 1200 wide.
 AWKWARD: dict[str, Decodes | type[ImageError]] = {
     "32-lens_data.jpeg": jpeg((133, 200, 3)),
     "IMG_5195.HEIC": Decodes("HEIF", (3313, 2566, 3)),
@@ -103,7 +104,7 @@ AWKWARD: dict[str, Decodes | type[ImageError]] = {
     "hopper_orientation_8.jpg": jpeg((128, 128, 3)),
     "i_trns.png": Decodes("PNG", (64, 64, 2), U16),  # 16-bit gray + tRNS key -> alpha
     "icc_profile_big.jpg": jpeg((250, 425, 3)),
-    "iss634.webp": Decodes("WEBP", (245, 245, 4), U8, 42),
+    "iss634.webp": Decodes("WEBP", (245, 245, 3), U8, 42),  # every canvas is opaque
     "junk_jpeg_header.jpg": jpeg((768, 1024, 3)),
     "pil123rgba.png": Decodes("PNG", (150, 162, 4)),
     "pil_sample_cmyk.jpg": jpeg((100, 100, 3)),
@@ -264,11 +265,13 @@ def test_each_exif_orientation_matches_pillow_transpose(orientation: int) -> Non
         # irot 1 (90 degrees anticlockwise) then imir 0 (top-bottom): a transpose. Pillow
         # reports it as EXIF orientation 5 and leaves the pixels stored as they are.
         ("rot1mir0.avif", lambda a: a.swapaxes(0, 1)),
-        ("xmp_tags_orientation.png", lambda a: a[::-1, ::-1]),  # XMP tiff:Orientation 3
-        ("exif_imagemagick_orientation.png", lambda a: a[::-1, ::-1]),  # PNG raw profile 3
+        # XMP tiff:Orientation 3 and ImageMagick's "Raw profile type exif" text chunk (also 3):
+        # browsers ignore both, so the pixels stay as stored.
+        ("xmp_tags_orientation.png", lambda a: a),
+        ("exif_imagemagick_orientation.png", lambda a: a),
     ],
 )
-def test_container_orientation_is_applied(name: str, fix: object) -> None:
+def test_container_orientation_follows_browsers(name: str, fix: object) -> None:
     stored = opened(read_awkward(name))
     stored_pixels = np.asarray(stored.convert(stored.mode))
     assert callable(fix)
@@ -416,6 +419,32 @@ MAGIC = {
 def test_output_keeps_the_format_magic(name: str) -> None:
     image = decode_awkward(name)
     assert MAGIC[image.format](encode_image(image, settings=DEFAULT))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_bmp_is_written_as_pillow_reads_it(astronaut_rgb: np.ndarray, mode: str) -> None:
+    pixels = np.asarray(Image.fromarray(astronaut_rgb[:40, :56]).convert(mode)).copy()
+    if mode == "RGBA":
+        pixels[..., 3] = np.arange(56, dtype=np.uint8) * 4  # partial alpha, kept by bit fields
+    data = encode_image(still(pixels, "BMP"), settings=DEFAULT)
+    with Image.open(io.BytesIO(data)) as written:
+        assert written.format == "BMP"
+        assert written.mode == mode
+        np.testing.assert_array_equal(np.asarray(written), pixels)
+    np.testing.assert_array_equal(decode_image(data).frames[0], pixels)
+
+
+def test_a_face_in_a_bmp_is_masked_in_a_bmp(astronaut_rgb: np.ndarray) -> None:
+    from anon_tasks.anonymizer import Anonymizer
+
+    result = Anonymizer().anonymize_bytes(pil_bytes(Image.fromarray(astronaut_rgb), "BMP"))
+    assert result.format == "BMP"
+    assert len(result.faces) == 1
+    x1, y1, x2, y2 = (round(value) for value in result.faces[0].xyxy)
+    masked = decode_image(result.content)
+    assert masked.format == "BMP"
+    face = (slice(y1 + 20, y2 - 20), slice(x1 + 15, x2 - 15))
+    assert mean_abs_diff(masked.frames[0][face], astronaut_rgb[face]) > 15.0
 
 
 def test_jpeg_default_quality_is_faithful(astronaut_rgb: np.ndarray) -> None:
@@ -715,6 +744,17 @@ def test_non_images_raise_decode_error(data: bytes) -> None:
         decode_image(data, source="made-up.png")
 
 
+def test_tiff_directory_loop_is_a_decode_error() -> None:
+    from tests.test_roundtrip import tiff_file
+
+    data = bytearray(tiff_file([np.zeros((4, 6, 3), np.uint16)]))
+    ifd = int.from_bytes(data[4:8], "little")
+    count = int.from_bytes(data[ifd : ifd + 2], "little")
+    data[ifd + 2 + 12 * count : ifd + 6 + 12 * count] = ifd.to_bytes(4, "little")  # to itself
+    with pytest.raises(ImageDecodeError, match=r"loop\.tif"):
+        decode_image(bytes(data), source="loop.tif")
+
+
 # --- fuzzing --------------------------------------------------------------------------------
 
 
@@ -849,7 +889,8 @@ def test_frames_are_read_only_and_with_frames_keeps_metadata() -> None:
         ("WEBP", np.zeros((8, 8), np.uint8)),
         ("GIF", np.zeros((8, 8, 3), np.uint16)),
         ("TIFF", np.zeros((8, 8, 2), np.uint16)),
-        ("BMP", np.zeros((8, 8, 3), np.uint8)),
+        ("BMP", np.zeros((8, 8, 2), np.uint8)),
+        ("BMP", np.zeros((8, 8, 3), np.uint16)),
     ],
 )
 def test_layouts_a_format_cannot_hold_are_unsupported(fmt: str, frame: np.ndarray) -> None:
