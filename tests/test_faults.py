@@ -75,7 +75,7 @@ def manifest_rows(root: Path) -> dict[str, dict]:
     rows = {}
     for line in (root / "_anonymize" / "manifest.jsonl").read_text().splitlines():
         row = json.loads(line)
-        for volatile in ("status", "output_fingerprint"):
+        for volatile in ("status", "output_fingerprint", "listed_at_ns"):
             row.pop(volatile)
         rows[row["source"]] = row
     return rows
