@@ -73,12 +73,23 @@ def write_manifest(
     rows: Iterable[ManifestRow],
     partition: tuple[int, int] | None = None,
     options: StorageOptions | None = None,
+    *,
+    protected_root: str | None = None,
 ) -> str:
-    """Write the manifest (sorted by source path) in one atomic step; returns its URL."""
+    """Write the manifest (sorted by source path) in one atomic step; returns its URL.
+
+    Args:
+        protected_root: The source: a manifest whose real location lies inside it is refused.
+    """
     ordered = sorted(rows, key=lambda row: row.source)
     lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in ordered]
     url = manifest_url(dest, partition)
-    write_bytes_atomic(url, ("\n".join(lines) + "\n").encode("utf-8"), options)
+    write_bytes_atomic(
+        url,
+        ("\n".join(lines) + "\n").encode("utf-8"),
+        options,
+        protected_root=protected_root,
+    )
     return url
 
 

@@ -15,9 +15,11 @@ import re
 
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.formats import format_for_name
+from anon_tasks.manifest import MANIFEST_DIR
 from anon_tasks.storage import (
     StorageOptions,
     is_local,
+    join_url,
     local_path,
     location_within,
 )
@@ -85,6 +87,15 @@ def check_dataset_paths(
         )
     if is_local(dest):
         _check_local_folder_target(dest, "dest")
+        # dest/_anonymize holds the manifest, staging files and (by default) the cache: a link
+        # there must not lead into the source either.
+        internal = join_url(dest, MANIFEST_DIR)
+        if location_within(internal, source, options):
+            raise ConfigurationError(
+                f"dest={dest!r}: {MANIFEST_DIR} leads into source={source!r}; the source is "
+                "never written",
+                field="dest",
+            )
     if result_storage is not None and not BLOCK_SLUG.match(result_storage):
         overlap = _overlap(source, result_storage, options)
         if overlap is not None:
@@ -104,13 +115,23 @@ def check_file_paths(source: str, dest: str) -> None:
             names no image format this tool writes.
     """
     source_path, dest_path = local_path(source), local_path(dest)
+    if not source_path.exists():
+        raise ConfigurationError(f"source={source!r} does not exist", field="source")
     if not source_path.is_file():
-        raise ConfigurationError(f"source={source!r} is not a file", field="source")
-    if dest_path.is_dir():
+        raise ConfigurationError(f"source={source!r} is not a regular file", field="source")
+    if is_local(dest) and dest_path.is_dir():
         example = str(dest_path / source_path.name)
         raise ConfigurationError(
             f"dest={dest!r} is a folder: name the output file, e.g. {example!r}", field="dest"
         )
+    if format_for_name(dest) is None:
+        raise ConfigurationError(
+            f"dest={dest!r} has no image extension this tool writes "
+            "(.jpg, .png, .webp, .gif, .tif, .bmp, .avif, .heic)",
+            field="dest",
+        )
+    if not is_local(dest):
+        return
     same = os.path.realpath(source_path) == os.path.realpath(dest_path)
     if not same and dest_path.exists():
         same = source_path.samefile(dest_path)
@@ -123,9 +144,3 @@ def check_file_paths(source: str, dest: str) -> None:
             raise ConfigurationError(
                 f"dest={dest!r} is below the file {str(parent)!r}", field="dest"
             )
-    if format_for_name(dest_path.name) is None:
-        raise ConfigurationError(
-            f"dest={dest!r} has no image extension this tool writes "
-            "(.jpg, .png, .webp, .gif, .tif, .bmp, .avif, .heic)",
-            field="dest",
-        )

@@ -438,6 +438,7 @@ def _publish(
             summary_url(summary.dest, partition),
             summary.model_dump_json(indent=2).encode(),
             options,
+            protected_root=summary.source,
         )
     create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
     create_markdown_artifact(
@@ -526,7 +527,7 @@ def anonymize_dataset(
             rows.extend(remove_stale_outputs(plan.gone, source, dest, run))
         parameters = manifest_parameters(detection, masking)
         rows.extend(_skipped_row(entry, parameters, model_sha) for entry in plan.skipped)
-        manifest = write_manifest(dest, rows, run.partition, options)
+        manifest = write_manifest(dest, rows, run.partition, options, protected_root=source)
     failed = [row.source for row in rows if row.status is ImageStatus.FAILED]
     summary = RunSummary(
         source=source,

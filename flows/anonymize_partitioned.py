@@ -166,7 +166,7 @@ def anonymize_partitioned(
 
     options = storage_options_for(run.storage_options, run.credentials_block)
     rows, summaries = _merge(dest, partitions, finished, options)
-    manifest = write_manifest(dest, rows, None, options)
+    manifest = write_manifest(dest, rows, None, options, protected_root=source)
     failed_images = tuple(sorted(image for s in summaries for image in s.failed_images))
     summary = RunSummary(
         source=source,

@@ -170,3 +170,17 @@ def test_refused_exactly_when_real_paths_overlap(
 
 def test_check_file_paths_accepts_a_new_file_elsewhere(photos, tmp_path) -> None:
     check_file_paths(str(photos / "a.jpg"), str(tmp_path / "a.png"))
+
+
+def test_a_linked_manifest_folder_in_dest_leading_into_the_source_is_refused(
+    photos, tmp_path
+) -> None:
+    dest = tmp_path / "clean"
+    dest.mkdir()
+    (dest / "_anonymize").symlink_to(photos, target_is_directory=True)
+    before = tree_digest(photos)
+    with pytest.raises(ConfigurationError) as refused:
+        check_dataset_paths(str(photos), str(dest))
+    assert refused.value.field == "dest"
+    assert cli.main([str(photos), str(dest), "--device", "cpu"]) == 2
+    assert tree_digest(photos) == before
