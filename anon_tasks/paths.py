@@ -43,6 +43,17 @@ def _overlap(source: str, other: str, options: StorageOptions | None) -> str | N
     return None
 
 
+def _refuse_overlap(field: str, location: str, source: str, options: StorageOptions | None) -> None:
+    """Raise naming ``field`` when ``location`` is the source, inside it or contains it."""
+    overlap = _overlap(source, location, options)
+    if overlap is not None:
+        raise ConfigurationError(
+            f"{field}={location!r} {overlap} source={source!r}: the source is never written, "
+            f"so {field} must lie outside it and must not contain it",
+            field=field,
+        )
+
+
 def _check_local_folder_target(url: str, field: str) -> None:
     """A local dest must be a folder or not exist yet, and no part of it may be a file."""
     path = local_path(url)
@@ -78,13 +89,7 @@ def check_dataset_paths(
             raise ConfigurationError(f"source={source!r} does not exist", field="source")
         if not source_path.is_dir():
             raise ConfigurationError(f"source={source!r} is not a folder", field="source")
-    overlap = _overlap(source, dest, options)
-    if overlap is not None:
-        raise ConfigurationError(
-            f"dest={dest!r} {overlap} source={source!r}: the source is never written, so dest "
-            "must lie outside it and must not contain it",
-            field="dest",
-        )
+    _refuse_overlap("dest", dest, source, options)
     if is_local(dest):
         _check_local_folder_target(dest, "dest")
         # dest/_anonymize holds the manifest, staging files and (by default) the cache: a link
@@ -97,13 +102,7 @@ def check_dataset_paths(
                 field="dest",
             )
     if result_storage is not None and not BLOCK_SLUG.match(result_storage):
-        overlap = _overlap(source, result_storage, options)
-        if overlap is not None:
-            raise ConfigurationError(
-                f"result_storage={result_storage!r} {overlap} source={source!r}: "
-                "the source is never written",
-                field="result_storage",
-            )
+        _refuse_overlap("result_storage", result_storage, source, options)
 
 
 def check_file_paths(source: str, dest: str) -> None:

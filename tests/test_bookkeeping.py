@@ -6,10 +6,8 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from anon_tasks.cache_keys import detection_key
-from anon_tasks.captions import add_caption_note
 from anon_tasks.codec import DecodedImage
 from anon_tasks.dataset import file_fingerprints, list_dataset
 from anon_tasks.decoded_cache import DecodedCache
@@ -71,27 +69,6 @@ def test_fingerprint_changes_when_a_file_changes_in_place(tmp_path) -> None:
         "output": OutputSettings(),
     }
     assert detection_key(first, **common) != detection_key(second, **common)
-
-
-@pytest.mark.parametrize(
-    ("name", "content", "expected"),
-    [
-        ("a.txt", b"a photo of a man\n", b"a photo of a man, faces are blurred\n"),
-        ("a.caption", b"portrait.", b"portrait. faces are blurred"),
-        ("a.txt", b"", b"faces are blurred"),
-        ("a.txt", b"man, faces are blurred", b"man, faces are blurred"),
-    ],
-)
-def test_caption_note_in_text_sidecars(name, content, expected) -> None:
-    assert add_caption_note(name, content, "faces are blurred") == expected
-
-
-def test_caption_note_in_json_sidecars() -> None:
-    updated = add_caption_note("a.json", b'{"caption": "a man", "id": 3}', "faces are blurred")
-    assert json.loads(updated) == {"caption": "a man, faces are blurred", "id": 3}
-    untouched = b'{"labels": ["x"]}'
-    assert add_caption_note("a.json", untouched, "faces are blurred") == untouched
-    assert add_caption_note("a.json", b"{broken", "note") == b"{broken"
 
 
 def row(source: str, **values) -> ManifestRow:
