@@ -14,8 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from anon_tasks.errors import UnsafePathError
+from anon_tasks.manifest import MANIFEST_DIR
+from anon_tasks.records import ManifestRow
 from anon_tasks.storage import (
     StorageOptions,
+    file_fingerprint,
     is_local,
     join_url,
     local_path,
@@ -23,7 +26,7 @@ from anon_tasks.storage import (
     url_to_fs,
 )
 
-__all__ = ["remove_outputs"]
+__all__ = ["remove_outputs", "remove_recorded_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ def remove_outputs(
     removed: list[str] = []
     for relative in relative_paths:
         try:
+            if relative == MANIFEST_DIR or relative.startswith(MANIFEST_DIR + "/"):
+                raise UnsafePathError("is this tool's own bookkeeping", source=relative)
             url = join_url(dest, relative)
             if is_local(url):
                 done = _remove_local(local_path(url), protected_root)
@@ -77,3 +82,33 @@ def remove_outputs(
         if done:
             removed.append(relative)
     return tuple(removed)
+
+
+def remove_recorded_outputs(
+    dest: str,
+    row: ManifestRow | None,
+    options: StorageOptions | None = None,
+    *,
+    protected_root: str | None = None,
+) -> tuple[str, ...]:
+    """Delete the output (and sidecars) a manifest row records, if it is still what was written.
+
+    An output whose fingerprint no longer matches the row's (someone replaced it since) is left
+    alone, with its sidecars: only files this tool wrote, as it wrote them, are deleted.
+
+    Returns:
+        The relative paths deleted.
+    """
+    if row is None or row.output is None:
+        return ()
+    try:
+        current = file_fingerprint(join_url(dest, row.output), options)
+    except UnsafePathError as exc:
+        logger.warning("not removing %s: %s", row.output, exc.reason)
+        return ()
+    if current is None:
+        return remove_outputs(dest, row.sidecars, options, protected_root=protected_root)
+    if row.output_fingerprint is None or current != row.output_fingerprint:
+        logger.warning("not removing %s: it changed since this tool wrote it", row.output)
+        return ()
+    return remove_outputs(dest, (row.output, *row.sidecars), options, protected_root=protected_root)

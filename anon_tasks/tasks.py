@@ -38,7 +38,7 @@ from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ConfigurationError, ImageError, SidecarRefusedError
 from anon_tasks.manifest import STAGING_DIR, manifest_parameters, unchanged_row
 from anon_tasks.model import load_model_file
-from anon_tasks.outputs import remove_outputs
+from anon_tasks.outputs import remove_outputs, remove_recorded_outputs
 from anon_tasks.pipeline import FetchedImage, content_digest, detect_images
 from anon_tasks.planning import is_up_to_date
 from anon_tasks.records import (
@@ -649,7 +649,7 @@ def write_images(
         )
 
     def failed_row(item: MaskedImage, error: str | None, common: dict[str, Any]) -> ManifestRow:
-        removed = remove_outputs(dest, _outputs_of(item.previous), options, protected_root=source)
+        removed = remove_recorded_outputs(dest, item.previous, options, protected_root=source)
         if removed:
             error = f"{error}; the output of an earlier run was removed"
         return ManifestRow(output=None, status=ImageStatus.FAILED, error=error, **common)
@@ -723,7 +723,7 @@ def remove_stale_outputs(
     options = storage_options_for(run.storage_options, run.credentials_block)
     rows: list[ManifestRow] = []
     for row in gone:
-        removed = remove_outputs(dest, _outputs_of(row), options, protected_root=source)
+        removed = remove_recorded_outputs(dest, row, options, protected_root=source)
         if removed:
             get_run_logger().info("removed %s: its source is gone", ", ".join(removed))
             rows.append(

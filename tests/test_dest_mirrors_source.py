@@ -135,3 +135,31 @@ def test_generated_removals_leave_exactly_the_surviving_outputs(
     alive = {names[i] for i in range(4) if i not in removed | broken}
     images_left = {name for name in outputs(dest) if name.endswith(".png")}
     assert images_left == alive
+
+
+def test_an_output_replaced_by_the_user_or_outside_dest_is_never_deleted(
+    tmp_path, small_photos
+) -> None:
+    """A tampered manifest or a file the user put in place of an output: left alone."""
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "b.png", "c.png"])
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    (dest / "a.png").write_bytes(b"the user's own version")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    manifest_path = dest / "_anonymize" / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest_path.read_text().splitlines()]
+    for row in rows:
+        if row["source"] == "b.png":
+            row["output"] = "../precious.txt"
+            row["output_fingerprint"] = None
+        if row["source"] == "c.png":
+            row["sidecars"] = ["_anonymize/manifest.jsonl", "../precious.txt"]
+    manifest_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for name in ("a.png", "b.png", "c.png", "a.txt", "b.txt", "c.txt"):
+        (source / name).unlink()
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert (dest / "a.png").read_bytes() == b"the user's own version"
+    assert outside.read_text() == "keep me"
+    assert "c.png" not in outputs(dest)
+    assert manifest_path.exists()
