@@ -412,8 +412,11 @@ def _remote_entries(fs: Any, root_path: str) -> Iterator[dict[str, Any]]:
 
 
 def _remote_leaf(fs: Any, info: dict[str, Any], relative: str, name: str) -> _Leaf | None:
-    """What one object is; None for a folder marker (a key ending in a slash)."""
+    """What one object is; None for an empty folder marker (a key ending in a slash)."""
     if not name:
+        if int(info.get("size") or 0) > 0:  # a key ending in "/" that holds bytes: said, unread
+            reason = "an object whose key ends in '/' (a folder marker) holds data; not read"
+            return SkippedEntry(relative_path=_display(relative), reason=reason)
         return None
     problem = _name_problem(name, folder=False)
     if problem is not None:

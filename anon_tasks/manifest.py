@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Iterable
 
+from anon_tasks.errors import ImageError
 from anon_tasks.records import ImageStatus, ManifestRow
 from anon_tasks.settings import DetectionSettings, MaskSettings
 from anon_tasks.storage import StorageOptions, join_url, read_bytes, write_bytes_atomic
@@ -55,8 +56,12 @@ def read_manifest(
         content = read_bytes(manifest_url(dest, partition), options)
     except FileNotFoundError:
         return {}
+    except ImageError as exc:  # not a regular file, too large: nothing to trust in it
+        logger.warning("the previous manifest cannot be read (%s); starting afresh", exc.reason)
+        return {}
     rows: dict[str, ManifestRow] = {}
-    for number, line in enumerate(content.decode("utf-8").splitlines(), start=1):
+    text = content.decode("utf-8", errors="replace")  # a bad line is dropped, not the run
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -22,6 +22,9 @@ from anon_tasks.storage import (
     join_url,
     local_path,
     location_within,
+    redact_url,
+    url_problem,
+    url_to_fs,
 )
 
 __all__ = ["BLOCK_SLUG", "check_dataset_paths", "check_file_paths"]
@@ -43,13 +46,20 @@ def _overlap(source: str, other: str, options: StorageOptions | None) -> str | N
     return None
 
 
+def _refuse_bad_url(field: str, url: str) -> None:
+    """Raise naming ``field`` when ``url`` breaks the URL rule (``storage.url_problem``)."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigurationError(f"{field}={redact_url(url)!r}: {problem}", field=field)
+
+
 def _refuse_overlap(field: str, location: str, source: str, options: StorageOptions | None) -> None:
     """Raise naming ``field`` when ``location`` is the source, inside it or contains it."""
     overlap = _overlap(source, location, options)
     if overlap is not None:
         raise ConfigurationError(
-            f"{field}={location!r} {overlap} source={source!r}: the source is never written, "
-            f"so {field} must lie outside it and must not contain it",
+            f"{field}={redact_url(location)!r} {overlap} source={redact_url(source)!r}: the "
+            f"source is never written, so {field} must lie outside it and must not contain it",
             field=field,
         )
 
@@ -61,6 +71,52 @@ def _check_local_folder_target(url: str, field: str) -> None:
         if part.exists() and not part.is_dir():
             where = "is a file" if part == path else f"is below the file {str(part)!r}"
             raise ConfigurationError(f"{field}={url!r} {where}: it must be a folder", field=field)
+
+
+def _check_remote_source(source: str, options: StorageOptions | None) -> None:
+    """A remote source must be a prefix that holds objects: a typo must not read as empty
+    (a run over an empty source would remove every output of the previous one)."""
+    shown = redact_url(source)
+    try:
+        fs, path = url_to_fs(source, options)
+        if fs.isfile(path):
+            raise ConfigurationError(
+                f"source={shown!r} is one object: give the folder (prefix) that holds it",
+                field="source",
+            )
+        exists = fs.isdir(path)
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # no bucket, no credentials, no endpoint: one line, exit code 2
+        raise ConfigurationError(
+            f"source={shown!r} cannot be listed: {type(exc).__name__}", field="source"
+        ) from None
+    if not exists:
+        raise ConfigurationError(
+            f"source={shown!r} does not exist (no objects under it)", field="source"
+        )
+
+
+def _check_remote_dest(dest: str, options: StorageOptions | None) -> None:
+    """The bucket (or container) of a remote dest must exist and be reachable."""
+    shown = redact_url(dest)
+    try:
+        fs, path = url_to_fs(dest, options)
+        root = path.strip("/").split("/", 1)[0]
+        if root and not fs.exists(root):
+            raise ConfigurationError(
+                f"dest={shown!r}: its bucket {root!r} does not exist", field="dest"
+            )
+        if path.strip("/") and fs.isfile(path):
+            raise ConfigurationError(
+                f"dest={shown!r} is an object: it must be a folder", field="dest"
+            )
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"dest={shown!r} cannot be reached: {type(exc).__name__}", field="dest"
+        ) from None
 
 
 def check_dataset_paths(
@@ -75,14 +131,21 @@ def check_dataset_paths(
     Args:
         source: The dataset root.
         dest: The output root.
-        result_storage: Where detections are cached, when it is a path or URL.
+        result_storage: Where detections are cached, when it is a path or URL (a block slug
+            is checked by the flow, which can load it).
         options: fsspec storage options.
 
     Raises:
-        ConfigurationError: The source is missing or not a folder; dest (or the result storage)
-            is the source, inside it or a folder that contains it; dest is a file or below one.
-            The message names the field.
+        ConfigurationError: A URL breaks the URL rule (a chain, credentials, a query, an
+            unknown protocol); the source is missing, empty, one file or not a folder; dest (or
+            the result storage) is the source, inside it or a folder that contains it; dest is
+            a file or below one, or its bucket does not exist. The message names the field and
+            never repeats a credential.
     """
+    _refuse_bad_url("source", source)
+    _refuse_bad_url("dest", dest)
+    if result_storage is not None and not BLOCK_SLUG.match(result_storage):
+        _refuse_bad_url("result_storage", result_storage)
     if is_local(source):
         source_path = local_path(source)
         if not source_path.exists():
@@ -90,6 +153,8 @@ def check_dataset_paths(
         if not source_path.is_dir():
             raise ConfigurationError(f"source={source!r} is not a folder", field="source")
     _refuse_overlap("dest", dest, source, options)
+    if result_storage is not None and not BLOCK_SLUG.match(result_storage):
+        _refuse_overlap("result_storage", result_storage, source, options)
     if is_local(dest):
         _check_local_folder_target(dest, "dest")
         # dest/_anonymize holds the manifest, staging files and (by default) the cache: a link
@@ -101,8 +166,10 @@ def check_dataset_paths(
                 "never written",
                 field="dest",
             )
-    if result_storage is not None and not BLOCK_SLUG.match(result_storage):
-        _refuse_overlap("result_storage", result_storage, source, options)
+    else:
+        _check_remote_dest(dest, options)
+    if not is_local(source):
+        _check_remote_source(source, options)
 
 
 def check_file_paths(source: str, dest: str) -> None:
@@ -113,6 +180,7 @@ def check_file_paths(source: str, dest: str) -> None:
             or a hard link), is an existing folder, is below a file, or has an extension that
             names no image format this tool writes.
     """
+    _refuse_bad_url("dest", dest)
     source_path, dest_path = local_path(source), local_path(dest)
     if not source_path.exists():
         raise ConfigurationError(f"source={source!r} does not exist", field="source")

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from anon_tasks.errors import ConfigurationError
+from anon_tasks.storage import url_problem
 
 __all__ = [
     "AnonymizeMethod",
@@ -40,7 +41,7 @@ __all__ = [
 #: Marks of a credential's name, found anywhere in it once case and separators are gone
 #: (``AWS_SECRET_ACCESS_KEY``, ``accessKeyId``, ``aws.secret``, ``apikey``, ``sasToken``).
 _SECRET_KEY = re.compile(
-    r"secret|token|pass|pwd|cred|auth|session|signature|private|bearer|cookie|key"
+    r"secret|token|pass|pwd|psw|cred|auth|session|signature|private|bearer|cookie|key"
     r"|connectionstring|connstr|hmac"
 )
 #: Short marks that count only as a whole word of the name (``sas_url``, ``sig``, ``pw``).
@@ -54,7 +55,8 @@ _SECRET_VALUE = re.compile(
     r"|(?i:accountkey=|sharedaccesssignature=|(?:^|[?&])sig=)"
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_|\bxox[abprs]-"
     r"|\bAIza[0-9A-Za-z_-]{35}|\bya29\.|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]"
-    r"|[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@"
+    r"|[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@"
+    r"|(?i:[?&][^=&\s]*(?:token|signature|credential|secret|key|sig|password)[^=&\s]*=)"
 )
 #: A run of characters a random key is written in, long enough to be one.
 _RANDOM_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
@@ -64,6 +66,19 @@ _RANDOM_BITS_PER_CHAR = 4.3
 #: What replaces a credential before validation, so that no error ever holds it.
 _HIDDEN = "<hidden: looks like a credential>"
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|cpu:\d+)$")
+_BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+
+
+def _plain_location(value: str | None) -> str | None:
+    """A path or URL setting: no credential in it, and the URL rule of ``storage``."""
+    if value is None:
+        return None
+    if looks_like_secret_value(value):
+        raise ValueError("looks like it holds a credential: keep credentials out of URLs")
+    problem = url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
 
 
 def looks_like_secret_name(name: str) -> bool:
@@ -76,6 +91,8 @@ def looks_like_secret_name(name: str) -> bool:
     ``jwt``, ``otp`` or ``pat``.
     """
     name = unicodedata.normalize("NFKC", name)
+    if not name.isascii():  # option names are identifiers; look-alike letters hide words
+        return True
     if _SECRET_KEY.search(re.sub(r"[^a-z0-9]", "", name.lower())):
         return True
     words = re.split(r"[^a-z0-9]+", _WORD_BOUNDARY.sub("_", name).lower())
@@ -212,6 +229,11 @@ class DetectionSettings(_Settings):
         description="ONNX Runtime threads per model run. Empty: on a CPU, single-threaded runs "
         "on several images at once, one per core (images above 2.5 MP run alone on every core).",
     )
+
+    @field_validator("model_path")
+    @classmethod
+    def _check_model_path(cls, value: str | None) -> str | None:
+        return _plain_location(value)
 
     @field_validator("device")
     @classmethod
@@ -379,6 +401,25 @@ class RunSettings(_Settings):
             changed = changed or new_key is not key or new_item is not item
             hidden[new_key] = new_item
         return hidden if changed else value
+
+    @field_validator("result_storage")
+    @classmethod
+    def _check_result_storage(cls, value: str | None) -> str | None:
+        return _plain_location(value)
+
+    @field_validator("credentials_block")
+    @classmethod
+    def _check_credentials_block(cls, value: str | None) -> str | None:
+        if value is not None and not _BLOCK_SLUG.match(value):
+            raise ValueError("must be a Prefect block slug 'type/name', e.g. 'aws-credentials/x'")
+        return value
+
+    @field_validator("caption_note")
+    @classmethod
+    def _check_caption_note(cls, value: str | None) -> str | None:
+        if value is not None and looks_like_secret_value(value):
+            raise ValueError("looks like it holds a credential: a caption note is shown to all")
+        return value
 
     @model_validator(mode="after")
     def _check_partition(self) -> RunSettings:

@@ -56,6 +56,7 @@ __all__ = [
     "redact_url",
     "remove_stale_staging_files",
     "safe_relative_path",
+    "url_problem",
     "url_to_fs",
     "write_bytes_atomic",
 ]
@@ -116,6 +117,37 @@ def is_local(url: str) -> bool:
 def local_path(url: str) -> Path:
     """The filesystem path of a local URL (a plain path or ``file://``)."""
     return Path(url[len("file://") :] if url.startswith("file://") else url)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a dataset location, or None when it can.
+
+    The one rule for the URLs a run is given (source, dest, result storage, model path):
+
+    * a plain path, ``file://``, or ``protocol://`` with a protocol fsspec knows, in lower case
+      (``S3://`` is not a protocol fsspec reads);
+    * no chain (``a::b``): fsspec writes through the first link and stores in the last, so one
+      location would be checked and another written;
+    * no user or password before the host, and no query string: credentials have no place in
+      a URL that is logged, stored as a flow parameter and shown in the Prefect UI.
+    """
+    if "::" in url:
+        return "chained URLs (a::b) are not supported: name the one storage to use"
+    if "://" not in url:
+        return None
+    scheme, _, rest = url.partition("://")
+    if scheme != scheme.lower():
+        return f"the protocol {scheme!r} must be written in lower case"
+    if scheme != "file" and _filesystem_class(scheme) is None:
+        return f"unknown storage protocol {scheme!r}"
+    if "@" in rest.split("/", 1)[0]:
+        return (
+            "a user or password in the URL: keep credentials out of URLs and use "
+            "credentials_block or the AWS credential chain"
+        )
+    if "?" in rest:
+        return "a query string in the URL is not supported (it may carry a credential)"
+    return None
 
 
 def redact_url(url: str) -> str:

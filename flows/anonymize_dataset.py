@@ -40,6 +40,7 @@ from anon_tasks.cache_keys import render_key
 from anon_tasks.dataset import file_fingerprints
 from anon_tasks.detections import faces_above
 from anon_tasks.devices import available_devices, device_slots
+from anon_tasks.errors import ConfigurationError
 from anon_tasks.manifest import (
     MANIFEST_DIR,
     STAGING_DIR,
@@ -73,6 +74,8 @@ from anon_tasks.storage import (
     is_local,
     join_url,
     local_path,
+    location_within,
+    redact_url,
     remove_stale_staging_files,
     write_bytes_atomic,
 )
@@ -123,6 +126,41 @@ def check_paths(source: str, dest: str, run: RunSettings) -> None:
         result_storage=run.result_storage,
         options=storage_options_for(run.storage_options, run.credentials_block),
     )
+    if run.result_storage is not None and BLOCK_SLUG.match(run.result_storage):
+        _check_block_storage(run.result_storage, source)
+
+
+def _block_location(slug: str) -> str | None:
+    """Where a storage block keeps its files, as a path or URL; None when it cannot be told."""
+    from prefect.blocks.core import Block
+
+    block = Block.load(slug)
+    basepath = getattr(block, "basepath", None)
+    if isinstance(basepath, str) and basepath:
+        return basepath
+    bucket = getattr(block, "bucket_name", None) or getattr(block, "bucket", None)
+    if isinstance(bucket, str) and bucket:
+        scheme = "gs" if "gcs" in type(block).__name__.lower() else "s3"
+        folder = str(getattr(block, "bucket_folder", "") or "").strip("/")
+        return f"{scheme}://{bucket}/{folder}".rstrip("/")
+    return None
+
+
+def _check_block_storage(slug: str, source: str) -> None:
+    """A result storage block must store outside the source, and say where it stores."""
+    location = _block_location(slug)
+    if location is None:
+        raise ConfigurationError(
+            f"result_storage={slug!r}: cannot tell where this block stores files, so it cannot "
+            "be checked to lie outside the source; give a path or URL instead",
+            field="result_storage",
+        )
+    if location_within(location, source) or location_within(source, location):
+        raise ConfigurationError(
+            f"result_storage={slug!r} stores in {redact_url(location)!r}, which overlaps "
+            f"source={redact_url(source)!r}: the source is never written",
+            field="result_storage",
+        )
 
 
 def _result_storage(dest: str, settings: RunSettings) -> str | None:

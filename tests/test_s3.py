@@ -374,3 +374,49 @@ def test_invariants_hold_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
     ]:
         with pytest.raises(ConfigurationError):
             anonymize_dataset(source, dest, run=RunSettings(storage_options=options))
+
+
+def test_object_store_mistakes_are_refused_before_any_work(s3, s3_endpoint, astronaut_rgb) -> None:
+    """A typo must not read as an empty source (that would remove every output), and a result
+    storage block that stores inside the source is refused like a URL would be."""
+    from prefect.filesystems import RemoteFileSystem
+
+    from anon_tasks.errors import ConfigurationError
+    from anon_tasks.flows import anonymize_dataset
+
+    options = {"endpoint_url": s3_endpoint}
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut_rgb[::2, ::2].copy()).save(buffer, format="PNG")
+    s3.pipe(f"{BUCKET}/raw/a.png", buffer.getvalue())
+    s3.pipe(f"{BUCKET}/raw/marker.jpg/", buffer.getvalue())  # a folder marker holding bytes
+    run = RunSettings(storage_options=options)
+    cases = [
+        (f"s3://{BUCKET}/typo", f"s3://{BUCKET}/out", "source"),  # no objects under it
+        (f"s3://{BUCKET}/raw/a.png", f"s3://{BUCKET}/out", "source"),  # one object
+        ("s3://no-such-bucket/raw", f"s3://{BUCKET}/out", "source"),
+        (f"s3://{BUCKET}/raw", "s3://no-such-bucket/out", "dest"),
+    ]
+    for source, dest, field in cases:
+        with pytest.raises(ConfigurationError) as refused:
+            anonymize_dataset(source, dest, DetectionSettings(device="cpu"), run=run)
+        assert refused.value.field == field, (source, dest)
+    RemoteFileSystem(basepath=f"s3://{BUCKET}/raw/cache", settings=options).save(
+        "cache-in-source", overwrite=True
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        anonymize_dataset(
+            f"s3://{BUCKET}/raw",
+            f"s3://{BUCKET}/out",
+            DetectionSettings(device="cpu"),
+            run=run.model_copy(update={"result_storage": "remote-file-system/cache-in-source"}),
+        )
+    assert refused.value.field == "result_storage"
+    s3.invalidate_cache()
+    assert not s3.exists(f"{BUCKET}/raw/cache")
+
+    s3.pipe(f"{BUCKET}/out/_anonymize/manifest.jsonl", b"\xff\xfe not a manifest\n")
+    summary = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/out", storage_options=options)
+    assert summary.images_written == 1  # a bad manifest is not trusted, and stops nothing
+    rows = _s3_manifest(s3, f"{BUCKET}/out")
+    assert rows["marker.jpg/"]["status"] == "skipped"
+    assert summary.images_skipped == 1

@@ -38,3 +38,24 @@ def test_a_refused_secret_appears_in_no_log_line_or_error(
     for record in caplog.records:
         assert value not in record.getMessage()
     assert not (root / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["s3://AKIAIOSFODNN7EXAMPLE:Hunter2SecretPw@bucket/raw", "s3://bucket/out"],
+        ["s3://bucket/raw", "s3://k:Hunter2SecretPw@bucket/raw/out"],
+        ["{src}", "{dst}", "--result-storage", "s3://AKIAIOSFODNN7EXAMPLE:Hunter2SecretPw@b/c"],
+        ["{src}", "{dst}", "--caption-note", "AKIAIOSFODNN7EXAMPLE Hunter2SecretPw"],
+    ],
+)
+def test_credentials_in_urls_are_refused_and_never_repeated(tmp_path, capsys, args) -> None:
+    from anon_tasks import cli
+
+    (tmp_path / "raw").mkdir()
+    filled = [a.format(src=tmp_path / "raw", dst=tmp_path / "out") for a in args]
+    assert cli.main([*filled, "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert "Hunter2SecretPw" not in captured.err + captured.out
+    assert "AKIAIOSFODNN7EXAMPLE" not in captured.err + captured.out
+    assert not (tmp_path / "out").exists()

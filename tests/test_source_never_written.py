@@ -184,3 +184,37 @@ def test_a_linked_manifest_folder_in_dest_leading_into_the_source_is_refused(
     assert refused.value.field == "dest"
     assert cli.main([str(photos), str(dest), "--device", "cpu"]) == 2
     assert tree_digest(photos) == before
+
+
+@pytest.mark.parametrize(
+    "dest_of",
+    [
+        lambda source: f"{source}/out::memory://x",
+        lambda source: f"local://{source}/notes::memory://m",
+        lambda source: f"simplecache::file://{source}/out",
+    ],
+    ids=["chain-into-source", "local-chain", "cache-chain"],
+)
+def test_chained_urls_are_refused_before_any_work(photos, dest_of, capsys) -> None:
+    """fsspec writes through a chain's first link: one storage would be checked, another
+    written. Chains are refused whole."""
+    before = tree_digest(photos)
+    assert cli.main([str(photos), dest_of(photos), "--device", "cpu"]) == 2
+    assert "chained" in capsys.readouterr().err
+    assert tree_digest(photos) == before
+
+
+@pytest.mark.parametrize(
+    ("source", "dest", "field"),
+    [
+        ("foo://bucket/raw", "s3://bucket/out", "source"),
+        ("S3://bucket/raw", "s3://bucket/out", "source"),
+        ("s3://bucket/raw", "s3://user:pw@bucket/out", "dest"),
+        ("s3://bucket/raw?versionId=1", "s3://bucket/out", "source"),
+    ],
+)
+def test_urls_a_run_cannot_use_are_refused_naming_the_field(source, dest, field) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_dataset_paths(source, dest)
+    assert refused.value.field == field
+    assert "pw@" not in str(refused.value)
