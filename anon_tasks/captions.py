@@ -262,6 +262,15 @@ def _is_pixel_array(value: list[Any]) -> bool:
     return count >= NUMERIC_RUN_LIMIT and not only_pairs
 
 
+def _is_image_byte_array(value: list[Any]) -> bool:
+    """Whether a flat array of 8-bit samples spells an image file (``{"bytes": [255, 216,
+    ...]}``, as dataset exports write thumbnails): any length, found by its signature."""
+    head = value[:SNIFF_BYTES]
+    if len(head) < 4 or not all(_is_sample(item) for item in head):
+        return False
+    return sniff_image_format(bytes(int(item) for item in head)) is not None
+
+
 def _depth(document: Any) -> int:
     """How deeply arrays and objects nest in ``document`` (0 for a scalar)."""
     deepest = 0
@@ -289,7 +298,7 @@ def _strip_images(value: Any, removed: list[int]) -> Any:
             return None
         return value
     if isinstance(value, list):
-        if _is_pixel_array(value):
+        if _is_pixel_array(value) or _is_image_byte_array(value):
             removed[0] += 1
             return None
         return [_strip_images(item, removed) for item in value]

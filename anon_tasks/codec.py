@@ -114,14 +114,22 @@ _LOSSLESS_FORMATS: Final[frozenset[str]] = frozenset({"PNG", "GIF", "TIFF", "BMP
 
 _TAG_ORIENTATION: Final = 0x0112
 _TAG_EXIF_IFD: Final = 0x8769
-#: IFD0 tags never written back: location, orientation, XMP/IPTC/Photoshop blocks and
-#: pointers to embedded preview images (which would show the unmasked faces).
-_DROPPED_IFD0_TAGS: Final[frozenset[int]] = frozenset(
-    {0x0112, 0x8825, 0x02BC, 0x83BB, 0x8649, 0x014A, 0x0201, 0x0202, 0x8769}
+#: IFD0 tags written back with ``keep_metadata``: an allow-list, since any other tag (a vendor
+#: ``JpgFromRaw``, a preview, XMP/IPTC blocks, GPS, orientation) may hold an unmasked face or
+#: a location. Description, make, model, resolution, software, date, artist, copyright.
+_KEPT_IFD0_TAGS: Final[frozenset[int]] = frozenset(
+    {0x010E, 0x010F, 0x0110, 0x011A, 0x011B, 0x0128, 0x0131, 0x0132, 0x013B, 0x8298}
 )
-#: Exif sub-IFD tags never written back: maker notes can hold preview images; the interop
-#: pointer cannot be carried over as a bare offset.
-_DROPPED_EXIF_IFD_TAGS: Final[frozenset[int]] = frozenset({0x927C, 0xA005})
+#: Exif sub-IFD tags written back: exposure, dates and time zones, lens and flash settings,
+#: colour space (no maker notes, no serial numbers, no unknown blobs).
+_KEPT_EXIF_IFD_TAGS: Final[frozenset[int]] = frozenset(
+    {0x829A, 0x829D, 0x8822, 0x8827, 0x8830, 0x8832, 0x9000, 0x9003, 0x9004}
+    | {0x9010, 0x9011, 0x9012, 0x9201, 0x9202, 0x9203, 0x9204, 0x9205, 0x9206, 0x9207}
+    | {0x9208, 0x9209, 0x920A, 0x9290, 0x9291, 0x9292, 0xA001, 0xA402, 0xA403, 0xA404}
+    | {0xA405, 0xA406, 0xA407, 0xA408, 0xA409, 0xA40A, 0xA432, 0xA433, 0xA434}
+)
+#: A kept tag whose value is longer than this (bytes or text) is dropped: no image fits.
+_MAX_KEPT_VALUE_BYTES: Final = 256
 
 #: Pillow modes decoded through Pillow, and the mode their pixels are converted to.
 _PILLOW_TARGET_MODE: Final[dict[str, str]] = {
@@ -1049,7 +1057,8 @@ def _check_writable(image: DecodedImage) -> None:
 
 
 def _output_exif(raw: bytes | None, source: str) -> bytes | None:
-    """The source EXIF without location, orientation, previews, maker notes or XMP."""
+    """The source EXIF's allow-listed tags: never location, orientation, previews, maker
+    notes, vendor blobs or XMP."""
     if not raw:
         return None
     caught: list[warnings.WarningMessage] = []
@@ -1069,16 +1078,25 @@ def _filtered_exif(raw: bytes) -> bytes | None:
     # A fresh Exif: Pillow would write back any sub-IFD (GPS too) it had cached while loading.
     kept = Image.Exif()
     for tag, value in original.items():
-        if tag not in _DROPPED_IFD0_TAGS:
+        if tag in _KEPT_IFD0_TAGS and _small_value(value):
             kept[tag] = value
     exif_ifd = {
         tag: value
         for tag, value in original.get_ifd(_TAG_EXIF_IFD).items()
-        if tag not in _DROPPED_EXIF_IFD_TAGS
+        if tag in _KEPT_EXIF_IFD_TAGS and _small_value(value)
     }
     if exif_ifd:
         kept[_TAG_EXIF_IFD] = exif_ifd
     return kept.tobytes() if len(kept) else None
+
+
+def _small_value(value: object) -> bool:
+    """Whether an EXIF value is too small to carry an image (a number, a short text)."""
+    if isinstance(value, bytes | str):
+        return len(value) <= _MAX_KEPT_VALUE_BYTES
+    if isinstance(value, tuple):
+        return len(value) <= 16 and all(_small_value(item) for item in value)
+    return True
 
 
 def _pil_frames(image: DecodedImage) -> list[Image.Image]:

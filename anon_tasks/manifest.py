@@ -17,6 +17,7 @@ from anon_tasks.settings import DetectionSettings, MaskSettings
 from anon_tasks.storage import StorageOptions, join_url, read_bytes, write_bytes_atomic
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "MANIFEST_DIR",
     "STAGING_DIR",
     "manifest_parameters",
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_DIR = "_anonymize"
 #: Where local outputs are staged before their atomic rename, out of dataset readers' way.
 STAGING_DIR = f"{MANIFEST_DIR}/tmp"
+#: Where detections are cached for a local dest when no result storage is named.
+DEFAULT_CACHE_DIR = f"{MANIFEST_DIR}/cache"
 
 
 def _suffix(partition: tuple[int, int] | None) -> str:

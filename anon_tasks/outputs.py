@@ -1,16 +1,19 @@
-"""Deleting outputs from dest: only files this tool wrote, never anything inside the source.
+"""Deleting outputs from dest: only files this tool wrote, as it wrote them, inside dest.
 
-Dest mirrors the source: when an image leaves the source (consent withdrawn) or can no longer
-be anonymised, the output an earlier run wrote for it goes too. The caller names the files from
-a previous manifest, which is the only record of what this tool wrote; this module refuses any
-of them whose real location lies inside the protected source.
+Dest mirrors the source. The one rule: a file that a previous manifest records as this tool's
+output (an image or a caption sidecar), that no image of this run produces, is an orphan and
+is deleted, provided it is still what was written (its recorded fingerprint). Everything else
+stays: a file the user put in place of an output, a file outside dest (a manifest may have been
+edited, a folder in dest may be a link), anything inside the source, and the tool's own
+``_anonymize`` folder. Folders emptied by a deletion go too, so that a file may take the place
+of a folder of the same name.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from anon_tasks.errors import UnsafePathError
@@ -26,89 +29,111 @@ from anon_tasks.storage import (
     url_to_fs,
 )
 
-__all__ = ["remove_outputs", "remove_recorded_outputs"]
+__all__ = ["produced_paths", "recorded_outputs", "remove_orphans"]
 
 logger = logging.getLogger(__name__)
 
 
-def _remove_local(path: Path, protected_root: str | None) -> bool:
-    if not os.path.lexists(path):
-        return False
-    # The folder is resolved (a linked folder in dest may lead into the source); the file
-    # itself is not: unlinking a link removes the link, never what it points to.
-    real = Path(os.path.realpath(path.parent)) / path.name
-    if protected_root is not None and location_within(str(real), protected_root):
-        raise UnsafePathError("lies inside the source; not removed", source=str(path))
-    if path.is_dir() and not path.is_symlink():
-        return False
+def recorded_outputs(row: ManifestRow) -> dict[str, str | None]:
+    """The files in dest a manifest row records as written, with their fingerprints then."""
+    if row.output is None:
+        return {}
+    return {row.output: row.output_fingerprint, **row.sidecars}
+
+
+def _check_target(url: str, dest: str, protected_root: str | None) -> None:
+    """Refuse a target outside dest, inside the source, or in the tool's own folder."""
+    if not location_within(url, dest):
+        raise UnsafePathError("lies outside dest; not removed", source=url)
+    if protected_root is not None and location_within(url, protected_root):
+        raise UnsafePathError("lies inside the source; not removed", source=url)
+    if location_within(url, join_url(dest, MANIFEST_DIR)):
+        raise UnsafePathError("is this tool's own bookkeeping; not removed", source=url)
+
+
+def _remove_local(path: Path, dest: str) -> None:
+    # The folder is resolved (a linked folder in dest may lead elsewhere; the caller checked
+    # where); the file itself is not: unlinking a link removes the link, not its target.
     path.unlink(missing_ok=True)
+    root = Path(os.path.realpath(local_path(dest)))
+    folder = Path(os.path.realpath(path.parent))
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _remove_one(
+    dest: str,
+    relative: str,
+    recorded: str | None,
+    options: StorageOptions | None,
+    protected_root: str | None,
+) -> bool:
+    """Delete one recorded output if it is still what was written; whether it was deleted."""
+    url = join_url(dest, relative)
+    if is_local(url):
+        path = local_path(url)
+        real = str(Path(os.path.realpath(path.parent)) / path.name)
+        _check_target(real, dest, protected_root)
+    else:
+        _check_target(url, dest, protected_root)
+    current = file_fingerprint(url, options)
+    if current is None:
+        return False
+    if recorded is None or current != recorded:
+        logger.warning("not removing %s: it changed since this tool wrote it", relative)
+        return False
+    if is_local(url):
+        _remove_local(local_path(url), dest)
+    else:
+        fs, path = url_to_fs(url, options)
+        fs.rm_file(path)
     return True
 
 
-def remove_outputs(
+def remove_orphans(
     dest: str,
-    relative_paths: Iterable[str],
+    previous: Iterable[ManifestRow],
+    keep: Collection[str],
     options: StorageOptions | None = None,
     *,
     protected_root: str | None = None,
-) -> tuple[str, ...]:
-    """Delete the files at ``relative_paths`` under ``dest``; returns those that were deleted.
+) -> dict[str, tuple[str, ...]]:
+    """Delete what ``previous`` rows recorded as written that is not in ``keep``.
 
     Args:
         dest: The output root.
-        relative_paths: Files a previous manifest records as this tool's outputs.
-        options: fsspec storage options for ``dest``.
-        protected_root: The source: a file whose real location lies inside it is never deleted
-            (it is logged and skipped).
-    """
-    removed: list[str] = []
-    for relative in relative_paths:
-        try:
-            if relative == MANIFEST_DIR or relative.startswith(MANIFEST_DIR + "/"):
-                raise UnsafePathError("is this tool's own bookkeeping", source=relative)
-            url = join_url(dest, relative)
-            if is_local(url):
-                done = _remove_local(local_path(url), protected_root)
-            else:
-                if protected_root is not None and location_within(url, protected_root, options):
-                    raise UnsafePathError("lies inside the source; not removed", source=url)
-                fs, path = url_to_fs(url, options)
-                done = bool(fs.exists(path))
-                if done:
-                    fs.rm_file(path)
-        except UnsafePathError as exc:
-            logger.warning("not removing %s: %s", relative, exc.reason)
-            continue
-        if done:
-            removed.append(relative)
-    return tuple(removed)
-
-
-def remove_recorded_outputs(
-    dest: str,
-    row: ManifestRow | None,
-    options: StorageOptions | None = None,
-    *,
-    protected_root: str | None = None,
-) -> tuple[str, ...]:
-    """Delete the output (and sidecars) a manifest row records, if it is still what was written.
-
-    An output whose fingerprint no longer matches the row's (someone replaced it since) is left
-    alone, with its sidecars: only files this tool wrote, as it wrote them, are deleted.
+        previous: Rows of a previous manifest whose outputs may be orphans.
+        keep: Relative paths this run produces (outputs and sidecars of its images): never
+            deleted, even when another row recorded them too (a caption shared by two images).
+        options: fsspec storage options for dest.
+        protected_root: The source: nothing inside it is deleted.
 
     Returns:
-        The relative paths deleted.
+        For each source path whose files were deleted, the relative paths deleted.
     """
-    if row is None or row.output is None:
-        return ()
-    try:
-        current = file_fingerprint(join_url(dest, row.output), options)
-    except UnsafePathError as exc:
-        logger.warning("not removing %s: %s", row.output, exc.reason)
-        return ()
-    if current is None:
-        return remove_outputs(dest, row.sidecars, options, protected_root=protected_root)
-    if row.output_fingerprint is None or current != row.output_fingerprint:
-        logger.warning("not removing %s: it changed since this tool wrote it", row.output)
-        return ()
-    return remove_outputs(dest, (row.output, *row.sidecars), options, protected_root=protected_root)
+    removed: dict[str, tuple[str, ...]] = {}
+    for row in previous:
+        gone: list[str] = []
+        for relative, recorded in recorded_outputs(row).items():
+            if relative in keep:
+                continue
+            try:
+                if _remove_one(dest, relative, recorded, options, protected_root):
+                    gone.append(relative)
+            except UnsafePathError as exc:
+                logger.warning("not removing %s: %s", relative, exc.reason)
+        if gone:
+            removed[row.source] = tuple(gone)
+    return removed
+
+
+def produced_paths(rows: Iterable[ManifestRow]) -> set[str]:
+    """Every file in dest that ``rows`` record as written: outputs and sidecars."""
+    produced: set[str] = set()
+    for row in rows:
+        produced.update(recorded_outputs(row))
+    return produced

@@ -15,7 +15,7 @@ import re
 
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.formats import format_for_name
-from anon_tasks.manifest import MANIFEST_DIR
+from anon_tasks.manifest import DEFAULT_CACHE_DIR, MANIFEST_DIR, STAGING_DIR
 from anon_tasks.storage import (
     StorageOptions,
     is_local,
@@ -158,14 +158,14 @@ def check_dataset_paths(
     if is_local(dest):
         _check_local_folder_target(dest, "dest")
         # dest/_anonymize holds the manifest, staging files and (by default) the cache: a link
-        # there must not lead into the source either.
-        internal = join_url(dest, MANIFEST_DIR)
-        if location_within(internal, source, options):
-            raise ConfigurationError(
-                f"dest={dest!r}: {MANIFEST_DIR} leads into source={source!r}; the source is "
-                "never written",
-                field="dest",
-            )
+        # there, or in a folder below it, must not lead into the source either.
+        for internal in (MANIFEST_DIR, STAGING_DIR, DEFAULT_CACHE_DIR):
+            if location_within(join_url(dest, internal), source, options):
+                raise ConfigurationError(
+                    f"dest={dest!r}: {internal} leads into source={source!r}; the source is "
+                    "never written",
+                    field="dest",
+                )
     else:
         _check_remote_dest(dest, options)
     if not is_local(source):

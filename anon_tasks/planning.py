@@ -64,7 +64,7 @@ def is_up_to_date(
         and prior.output is not None
         and prior.output_fingerprint is not None
         and fingerprint_of(prior.output) == prior.output_fingerprint
-        and all(fingerprint_of(sidecar) is not None for sidecar in prior.sidecars)
+        and all(fingerprint_of(path) == recorded for path, recorded in prior.sidecars.items())
     )
 
 

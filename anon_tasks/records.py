@@ -129,8 +129,10 @@ class ManifestRow(_Record):
     listed_at_ns: int | None = Field(
         default=None, description="When the run that read the source listed it (Unix ns)."
     )
-    sidecars: tuple[str, ...] = Field(
-        default=(), description="Caption sidecars this run wrote beside the output, in dest."
+    sidecars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Caption sidecars written beside the output in dest, with their "
+        "fingerprints then.",
     )
     refused_sidecars: tuple[str, ...] = Field(
         default=(), description="Sidecars not copied, each as 'path: reason'."

@@ -15,7 +15,7 @@ dest still carries the fingerprint and render key the previous manifest recorded
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ConfigurationError, ImageError, SidecarRefusedError
 from anon_tasks.manifest import STAGING_DIR, manifest_parameters, unchanged_row
 from anon_tasks.model import load_model_file
-from anon_tasks.outputs import remove_outputs, remove_recorded_outputs
+from anon_tasks.outputs import remove_orphans
 from anon_tasks.pipeline import FetchedImage, content_digest, detect_images
 from anon_tasks.planning import is_up_to_date
 from anon_tasks.records import (
@@ -426,8 +426,6 @@ def _sidecars(
             refused.append(f"{sidecar.relative_path}: {exc.reason}")
         except FileNotFoundError:
             refused.append(f"{sidecar.relative_path}: removed from the source during the run")
-    for entry in refused:
-        get_run_logger().warning("sidecar not copied: %s", entry)
     return tuple(copies), tuple(refused)
 
 
@@ -552,6 +550,8 @@ def mask_faces(
             sidecars, refused = _sidecars(
                 source, image, run.caption_note if faces else None, options
             )
+            for entry in refused:  # the task's logger: this runs on a pool thread
+                logger.warning("sidecar not copied: %s", entry)
         except ImageError as exc:
             logger.warning("cannot anonymise %s: %s", image.relative_path, exc.reason)
             failed = MaskedImage(
@@ -598,13 +598,6 @@ def _manifest_faces(faces: tuple[Face, ...]) -> tuple[ManifestFace, ...]:
     )
 
 
-def _outputs_of(row: ManifestRow | None) -> tuple[str, ...]:
-    """The files in dest that a manifest row records as this tool's outputs."""
-    if row is None or row.output is None:
-        return ()
-    return (row.output, *row.sidecars)
-
-
 @task(name="write-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def write_images(
     masked: MaskedShard,
@@ -619,8 +612,8 @@ def write_images(
     Each file appears whole or not at all (temporary name then rename; one PUT on object
     stores), and never inside ``source``: a target whose real path leads into the source (a
     linked folder in dest, say) is refused. An image that failed gets a row with the error and
-    no output, and the output an earlier run wrote for it is removed, so dest never keeps an
-    image whose source could not be anonymised this time.
+    no output; what an earlier run wrote for it is an orphan that ``remove_stale_outputs``
+    deletes once every shard is written.
 
     Args:
         masked: The shard's masked images (from ``mask_faces``).
@@ -649,9 +642,6 @@ def write_images(
         )
 
     def failed_row(item: MaskedImage, error: str | None, common: dict[str, Any]) -> ManifestRow:
-        removed = remove_recorded_outputs(dest, item.previous, options, protected_root=source)
-        if removed:
-            error = f"{error}; the output of an earlier run was removed"
         return ManifestRow(output=None, status=ImageStatus.FAILED, error=error, **common)
 
     rows: list[ManifestRow] = []
@@ -674,7 +664,6 @@ def write_images(
         if item.content is None:  # fail closed: nothing to write is never "written"
             raise ValueError(f"{item.image.relative_path}: no anonymised bytes to write")
         output = item.image.relative_path
-        written_sidecars = tuple(relative for relative, _ in item.sidecars)
         try:
             for relative, content in item.sidecars:  # captions first: an image is never without
                 write(relative, content)
@@ -683,15 +672,21 @@ def write_images(
             logger.warning("cannot write %s: %s", output, exc.reason)
             rows.append(failed_row(item, str(exc), common))
             continue
-        stale = set(_outputs_of(item.previous)) - {output, *written_sidecars}
-        remove_outputs(dest, sorted(stale), options, protected_root=source)
+        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            reason = f"{output}: a file or folder in dest is in the way ({type(exc).__name__})"
+            logger.warning("cannot write %s", reason)
+            rows.append(failed_row(item, reason, common))
+            continue
         rows.append(
             ManifestRow(
                 output=output,
                 status=item.status,
                 faces=_manifest_faces(item.faces),
                 output_fingerprint=file_fingerprint(join_url(dest, output), options),
-                sidecars=written_sidecars,
+                sidecars={
+                    relative: file_fingerprint(join_url(dest, relative), options) or ""
+                    for relative, _ in item.sidecars
+                },
                 refused_sidecars=item.refused_sidecars,
                 **common,
             )
@@ -701,41 +696,30 @@ def write_images(
 
 @task(name="remove-stale-outputs", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def remove_stale_outputs(
-    gone: Sequence[ManifestRow],
+    previous: Sequence[ManifestRow],
     source: str,
     dest: str,
+    keep: Collection[str],
     run: RunSettings = _DEFAULT_RUN,
-) -> list[ManifestRow]:
-    """Delete the outputs of images that are no longer in the source (consent withdrawn).
+) -> dict[str, tuple[str, ...]]:
+    """Delete what earlier runs wrote that this run no longer produces (dest mirrors source).
 
-    Only files that the previous manifest records as this tool's outputs are deleted, never
-    anything inside the source.
+    Only files that ``previous`` rows record as written, and that are still as written, are
+    deleted; never a path in ``keep``, anything outside dest or inside the source.
 
     Args:
-        gone: The previous manifest's rows of images no longer listed in the source.
+        previous: Rows of the previous manifest whose files may be orphans: images gone from
+            the source, images that failed this time, images whose sidecars changed.
         source: The dataset root (protected).
         dest: The output root.
+        keep: Relative paths this run produces (its images' outputs and sidecars).
         run: Storage options and credentials block for dest.
 
     Returns:
-        A ``removed`` row for each image whose output was deleted.
+        The relative paths deleted, by source image.
     """
     options = storage_options_for(run.storage_options, run.credentials_block)
-    rows: list[ManifestRow] = []
-    for row in gone:
-        removed = remove_recorded_outputs(dest, row, options, protected_root=source)
-        if removed:
-            get_run_logger().info("removed %s: its source is gone", ", ".join(removed))
-            rows.append(
-                row.model_copy(
-                    update={
-                        "status": ImageStatus.REMOVED,
-                        "output": None,
-                        "output_fingerprint": None,
-                        "sidecars": (),
-                        "faces": (),
-                        "error": "source removed: its output was deleted",
-                    }
-                )
-            )
-    return rows
+    removed = remove_orphans(dest, previous, keep, options, protected_root=source)
+    for image, paths in removed.items():
+        get_run_logger().info("removed %s (written for %s)", ", ".join(paths), image)
+    return removed

@@ -42,6 +42,7 @@ from anon_tasks.detections import faces_above
 from anon_tasks.devices import available_devices, device_slots
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.manifest import (
+    DEFAULT_CACHE_DIR,
     MANIFEST_DIR,
     STAGING_DIR,
     manifest_parameters,
@@ -51,6 +52,7 @@ from anon_tasks.manifest import (
 )
 from anon_tasks.memory import limit_heap_growth
 from anon_tasks.model import load_model_file
+from anon_tasks.outputs import produced_paths
 from anon_tasks.paths import BLOCK_SLUG, check_dataset_paths
 from anon_tasks.planning import up_to_date_rows
 from anon_tasks.progress import report_progress
@@ -134,7 +136,14 @@ def _block_location(slug: str) -> str | None:
     """Where a storage block keeps its files, as a path or URL; None when it cannot be told."""
     from prefect.blocks.core import Block
 
-    block = Block.load(slug)
+    try:
+        block = Block.load(slug)
+    except (ValueError, KeyError) as exc:  # Prefect: no such block type or document
+        raise ConfigurationError(
+            f"result_storage={slug!r} names no saved block ({type(exc).__name__}); for a local "
+            f"folder write './{slug}' or an absolute path",
+            field="result_storage",
+        ) from None
     basepath = getattr(block, "basepath", None)
     if isinstance(basepath, str) and basepath:
         return basepath
@@ -175,7 +184,7 @@ def _result_storage(dest: str, settings: RunSettings) -> str | None:
     if location is None:
         if not is_local(dest):
             return None  # Prefect's default result storage
-        location = str(local_path(dest).resolve() / MANIFEST_DIR / "cache")
+        location = str(local_path(dest).resolve() / DEFAULT_CACHE_DIR)
     name = "anon-tasks-cache-" + hashlib.sha256(location.encode()).hexdigest()[:16]
     if is_local(location):
         Path(local_path(location)).mkdir(parents=True, exist_ok=True)
@@ -269,6 +278,8 @@ class _Plan:
     skipped: list[SkippedEntry]
     gone: list[ManifestRow]
     listed_at_ns: int
+    #: The source listed nothing at all (before any partition was taken).
+    source_empty: bool = False
 
 
 def _plan(
@@ -286,6 +297,18 @@ def _plan(
     listed_at_ns = time.time_ns()
     listing = scan_source(source, run)
     images, skipped = list(listing.images), list(listing.skipped)
+    reserved = [image for image in images if image.relative_path.startswith(MANIFEST_DIR + "/")]
+    if reserved:  # dest/_anonymize is the tool's own folder: nothing of the source goes there
+        images = [image for image in images if image not in reserved]
+        skipped += [
+            SkippedEntry(
+                relative_path=image.relative_path,
+                reason=f"inside a source folder named {MANIFEST_DIR}, which dest reserves for "
+                "the manifest",
+                fingerprint=image.fingerprint,
+            )
+            for image in reserved
+        ]
     if run.partition is not None:
         index, count = run.partition
         images = [i for i in images if partition_of(i.relative_path, count) == index]
@@ -312,7 +335,45 @@ def _plan(
         stale = any(image.relative_path not in up_to_date for image in shard)
         (todo if stale else done).append(shard)
     rows = [up_to_date[image.relative_path] for shard in done for image in shard]
-    return _Plan(images, shards, todo, rows, previous, skipped, gone, listed_at_ns)
+    source_empty = not listing.images and not listing.skipped
+    return _Plan(images, shards, todo, rows, previous, skipped, gone, listed_at_ns, source_empty)
+
+
+def _refuse_to_empty_dest(plan: _Plan, source: str) -> None:
+    """A source that lists nothing while the last run wrote outputs is refused, not mirrored:
+    an unreachable or mistyped source must never delete a whole dataset's outputs."""
+    written = [row for row in plan.previous.values() if row.output is not None]
+    if plan.source_empty and written:
+        raise ConfigurationError(
+            f"source={redact_url(source)!r} lists no entries, but the previous run wrote "
+            f"{len(written)} output(s) to dest: refusing to delete them all (to start over, "
+            "delete dest or its _anonymize/manifest.jsonl)",
+            field="source",
+        )
+
+
+def _remove_orphans(
+    rows: list[ManifestRow], plan: _Plan, source: str, dest: str, run: RunSettings
+) -> list[ManifestRow]:
+    """Delete what earlier runs wrote for this run's images and no row now records (an image
+    that failed, a sidecar no longer copied); a failed row then says its output went."""
+    redone = [
+        plan.previous[row.source]
+        for row in rows
+        if row.status in (ImageStatus.FAILED, ImageStatus.WRITTEN) and row.source in plan.previous
+    ]
+    if not redone:
+        return rows
+    keep = produced_paths(
+        row for row in rows if row.status in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED)
+    )
+    removed = remove_stale_outputs(redone, source, dest, quote(keep), run)
+    return [
+        row.model_copy(update={"error": f"{row.error}; the output of an earlier run was removed"})
+        if row.status is ImageStatus.FAILED and row.source in removed
+        else row
+        for row in rows
+    ]
 
 
 def _skipped_row(entry: SkippedEntry, parameters: dict[str, object], model_sha: str) -> ManifestRow:
@@ -557,12 +618,32 @@ def anonymize_dataset(
         len(plan.skipped),
         " (method none: detection only, dest is left as it is)" if detect_only else "",
     )
+    _refuse_to_empty_dest(plan, source)
+    removed_gone: dict[str, tuple[str, ...]] = {}
+    if plan.gone and not detect_only:
+        # Before any write: a file may now stand where a folder of outputs was, or the reverse.
+        keep = {image.relative_path for image in plan.images} | {
+            sidecar.relative_path for image in plan.images for sidecar in image.sidecars
+        }
+        removed_gone = remove_stale_outputs(plan.gone, source, dest, quote(keep), run)
     outcome = _process(plan, source, dest, detection, masking, output, run)
     rows = outcome.rows
     manifest = None
     if not detect_only:
-        if plan.gone:
-            rows.extend(remove_stale_outputs(plan.gone, source, dest, run))
+        rows = _remove_orphans(rows, plan, source, dest, run)
+        rows.extend(
+            plan.previous[image].model_copy(
+                update={
+                    "status": ImageStatus.REMOVED,
+                    "output": None,
+                    "output_fingerprint": None,
+                    "sidecars": {},
+                    "faces": (),
+                    "error": "its source is gone: " + ", ".join(paths) + " deleted from dest",
+                }
+            )
+            for image, paths in removed_gone.items()
+        )
         parameters = manifest_parameters(detection, masking)
         rows.extend(_skipped_row(entry, parameters, model_sha) for entry in plan.skipped)
         manifest = write_manifest(dest, rows, run.partition, options, protected_root=source)

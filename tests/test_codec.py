@@ -947,3 +947,26 @@ def test_jpeg_carries_a_large_icc_profile_and_exif_in_segments(astronaut_rgb) ->
         assert written.info["icc_profile"] == big_profile
         assert written.getexif()[0x010F] == "CameraMaker"
         assert mean_abs_diff(np.asarray(written), astronaut_rgb) < 3.0
+
+
+def test_kept_metadata_carries_no_vendor_blob_or_unknown_tag() -> None:
+    """keep_metadata is an allow-list: a camera's raw preview (a face) in a vendor tag or an
+    unknown Exif tag never reaches the output."""
+    from skimage import data
+
+    face = io.BytesIO()
+    Image.fromarray(data.astronaut()[50:190, 170:290].copy()).save(face, format="JPEG")
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    exif[0x002E] = face.getvalue()  # Panasonic JpgFromRaw
+    exif.get_ifd(0x8769).update({0x829A: (1, 250), 0xEA1C: face.getvalue()})
+    source = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(source, format="JPEG", exif=exif.tobytes())
+    image = decode_image(source.getvalue())
+    written = encode_image(image, settings=OutputSettings(keep_metadata=True))
+    assert face.getvalue()[:200] not in written
+    with Image.open(io.BytesIO(written)) as output:
+        kept = output.getexif()
+        assert kept.get(0x010F) == "Camera maker"
+        assert 0x002E not in kept
+        assert 0xEA1C not in kept.get_ifd(0x8769)

@@ -142,7 +142,7 @@ def test_an_output_replaced_by_the_user_or_outside_dest_is_never_deleted(
 ) -> None:
     """A tampered manifest or a file the user put in place of an output: left alone."""
     source, dest = tmp_path / "raw", tmp_path / "clean"
-    write_dataset(source, small_photos, ["a.png", "b.png", "c.png"])
+    write_dataset(source, small_photos, ["a.png", "b.png", "c.png", "d.png"])
     anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
     (dest / "a.png").write_bytes(b"the user's own version")
     outside = tmp_path / "precious.txt"
@@ -154,7 +154,7 @@ def test_an_output_replaced_by_the_user_or_outside_dest_is_never_deleted(
             row["output"] = "../precious.txt"
             row["output_fingerprint"] = None
         if row["source"] == "c.png":
-            row["sidecars"] = ["_anonymize/manifest.jsonl", "../precious.txt"]
+            row["sidecars"] = {"_anonymize/manifest.jsonl": "x", "../precious.txt": "y"}
     manifest_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     for name in ("a.png", "b.png", "c.png", "a.txt", "b.txt", "c.txt"):
         (source / name).unlink()
@@ -163,3 +163,72 @@ def test_an_output_replaced_by_the_user_or_outside_dest_is_never_deleted(
     assert outside.read_text() == "keep me"
     assert "c.png" not in outputs(dest)
     assert manifest_path.exists()
+
+
+def test_an_empty_or_unreachable_source_never_deletes_every_output(tmp_path, small_photos) -> None:
+    from anon_tasks.errors import ConfigurationError
+
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "b.png"])
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    for path in source.iterdir():
+        path.unlink()
+    with pytest.raises(ConfigurationError, match="refusing to delete"):
+        anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert {"a.png", "b.png"} <= outputs(dest)
+
+
+def test_a_file_may_replace_a_folder_of_outputs_and_back(tmp_path, small_photos) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["keep.png", "a.png"])
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    (source / "a.png").unlink()
+    (source / "a.txt").unlink()
+    (source / "a.png").mkdir()
+    Image.fromarray(small_photos[1]).save(source / "a.png" / "inner.png")
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.images_failed == 0
+    assert (dest / "a.png" / "inner.png").is_file()
+    (source / "a.png" / "inner.png").unlink()
+    (source / "a.png").rmdir()
+    Image.fromarray(small_photos[2]).save(source / "a.png")
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.images_failed == 0
+    assert (dest / "a.png").is_file()
+
+
+def test_a_caption_shared_by_two_images_stays_while_one_of_them_does(
+    tmp_path, small_photos
+) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    source.mkdir()
+    Image.fromarray(small_photos[0]).save(source / "x.jpg", quality=90)
+    Image.fromarray(small_photos[1]).save(source / "x.png")
+    (source / "x.txt").write_text("a person\n")
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    (source / "x.png").unlink()
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.images_removed == 1
+    assert (dest / "x.txt").is_file()
+    assert "x.txt" in manifest(dest)["x.jpg"]["sidecars"]
+
+
+def test_nothing_outside_dest_is_deleted_through_a_link_in_dest(tmp_path, small_photos) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "b.png"])
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("keep")
+    (dest / "lnk").symlink_to(victim, target_is_directory=True)
+    manifest_path = dest / "_anonymize" / "manifest.jsonl"
+    ghost = dict(manifest(dest)["a.png"])
+    ghost.update(
+        source="ghost.png",
+        output="missing.png",
+        sidecars={"lnk/important.txt": "f"},
+    )
+    with manifest_path.open("a") as handle:
+        handle.write(json.dumps(ghost) + "\n")
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert (victim / "important.txt").read_text() == "keep"

@@ -69,3 +69,24 @@ def test_hostile_entries_are_recorded_and_the_run_finishes(hostile, tmp_path) ->
         assert (dest / name).is_file()
     with Image.open(dest / "scan.bmp") as bmp, Image.open(dest / "camera.jfif") as jfif:
         assert (bmp.format, jfif.format) == ("BMP", "JPEG")
+
+
+def test_refused_sidecars_and_a_reserved_folder_are_said_and_stop_nothing(
+    tmp_path, astronaut_rgb
+) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    (source / "_anonymize").mkdir(parents=True)
+    small = astronaut_rgb[::2, ::2].copy()
+    Image.fromarray(small).save(source / "a.jpg", quality=90)
+    (source / "a.txt").write_bytes(b"caption\x01 with a control character\n")
+    Image.fromarray(small).save(source / "_anonymize" / "face.jpg", quality=90)
+    summary = anonymize_dataset(
+        str(source), str(dest), detection=CPU, run=RunSettings(caption_note="faces are blurred")
+    )
+    rows = manifest(dest)
+    assert rows["a.jpg"]["status"] == "written"
+    assert rows["a.jpg"]["refused_sidecars"][0].startswith("a.txt: ")
+    assert not (dest / "a.txt").exists()
+    assert rows["_anonymize/face.jpg"]["status"] == "skipped"
+    assert not (dest / "_anonymize" / "face.jpg").exists()
+    assert summary.images_skipped == 1

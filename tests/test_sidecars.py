@@ -549,3 +549,19 @@ def test_benign_captions_are_accepted(caption, name) -> None:
     content = json.dumps(document).encode()
     expected = json.loads(add_caption_note("a.json", content, NOTE))
     assert json.loads(sanitize_sidecar("a.json", content, NOTE)) == expected
+
+
+def test_a_face_thumbnail_as_a_json_byte_array_is_removed() -> None:
+    """Dataset exports write images as ``{"bytes": [255, 216, ...]}``: short, but a file."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()[60:180:3, 180:270:3].copy()).save(buffer, format="JPEG")
+    document = {"caption": "an astronaut", "image": {"bytes": list(buffer.getvalue())}}
+    assert len(document["image"]["bytes"]) < 1024 * 4
+    cleaned = json.loads(sanitize_sidecar("a.json", json.dumps(document).encode()))
+    assert cleaned["image"]["bytes"] is None
+    assert cleaned["caption"] == "an astronaut"

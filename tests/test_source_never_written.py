@@ -218,3 +218,28 @@ def test_urls_a_run_cannot_use_are_refused_naming_the_field(source, dest, field)
         check_dataset_paths(source, dest)
     assert refused.value.field == field
     assert "pw@" not in str(refused.value)
+
+
+@pytest.mark.parametrize("inner", ["cache", "tmp"])
+def test_a_linked_cache_or_staging_folder_leading_into_the_source_is_refused(
+    photos, tmp_path, inner
+) -> None:
+    dest = tmp_path / "clean"
+    (dest / "_anonymize").mkdir(parents=True)
+    (dest / "_anonymize" / inner).symlink_to(photos, target_is_directory=True)
+    old = photos / ".anon-tmp-notes"
+    old.write_text("keep")
+    os.utime(old, (1, 1))
+    before = tree_digest(photos)
+    assert cli.main([str(photos), str(dest), "--device", "cpu"]) == 2
+    assert tree_digest(photos) == before
+
+
+def test_a_result_storage_that_names_no_block_is_one_line_and_exit_2(
+    photos, tmp_path, capsys
+) -> None:
+    code = cli.main([str(photos), str(tmp_path / "out"), "--result-storage", "raw/cache"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "result_storage" in err
