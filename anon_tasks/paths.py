@@ -79,6 +79,7 @@ def _check_remote_source(source: str, options: StorageOptions | None) -> None:
     shown = redact_url(source)
     try:
         fs, path = url_to_fs(source, options)
+        fs.invalidate_cache(path)  # ask the store, not a listing cached by an earlier run
         if fs.isfile(path):
             raise ConfigurationError(
                 f"source={shown!r} is one object: give the folder (prefix) that holds it",
@@ -102,6 +103,7 @@ def _check_remote_dest(dest: str, options: StorageOptions | None) -> None:
     shown = redact_url(dest)
     try:
         fs, path = url_to_fs(dest, options)
+        fs.invalidate_cache(path)
         root = path.strip("/").split("/", 1)[0]
         if root and not fs.exists(root):
             raise ConfigurationError(

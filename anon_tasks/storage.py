@@ -565,6 +565,7 @@ def _read_remote(
     if isinstance(fs, LocalFileSystem):
         return _read_local(path, source, max_bytes=max_bytes, head=head)
     timeout = _async_timeout(fs, deadline)
+    fs.invalidate_cache(path)  # a listing cached earlier in this process may be stale
     info = fs.info(path, **timeout(fs.info))
     kind = info.get("type", "file")
     if kind != "file":

@@ -77,6 +77,7 @@ def manifest_rows(root: Path) -> dict[str, dict]:
         row = json.loads(line)
         for volatile in ("status", "output_fingerprint", "listed_at_ns"):
             row.pop(volatile)
+        row["sidecars"] = sorted(row["sidecars"])  # their fingerprints differ, like the output's
         rows[row["source"]] = row
     return rows
 

@@ -420,3 +420,17 @@ def test_object_store_mistakes_are_refused_before_any_work(s3, s3_endpoint, astr
     rows = _s3_manifest(s3, f"{BUCKET}/out")
     assert rows["marker.jpg/"]["status"] == "skipped"
     assert summary.images_skipped == 1
+
+
+def test_objects_added_between_runs_of_one_process_are_read(s3, s3_endpoint, astronaut_rgb) -> None:
+    """A long-lived worker runs flow after flow: no listing cached by one run hides, or fakes
+    the loss of, an object in the next."""
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut_rgb[::2, ::2].copy()).save(buffer, format="PNG")
+    options = {"endpoint_url": s3_endpoint}
+    s3.pipe(f"{BUCKET}/raw/a.png", buffer.getvalue())
+    first = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert first.images_written == 1
+    s3.pipe(f"{BUCKET}/raw/b.png", buffer.getvalue())
+    second = run_flow(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/anon", storage_options=options)
+    assert (second.images_written, second.images_unchanged, second.images_failed) == (1, 1, 0)

@@ -95,8 +95,14 @@ def test_object_store_overlap_is_refused_across_url_spellings(source, dest) -> N
 @pytest.mark.parametrize(
     ("source", "dest"), [("s3://bucket/raw", "s3://bucket/raw2"), ("s3://a/raw", "s3a://b/raw")]
 )
-def test_neighbouring_prefixes_are_not_overlaps(source, dest) -> None:
+def test_neighbouring_prefixes_are_not_overlaps(source, dest, monkeypatch) -> None:
+    from anon_tasks import paths
+
+    reached = []  # no store here: the overlap check passes, and the store is asked next
+    monkeypatch.setattr(paths, "_check_remote_dest", lambda *args: reached.append("dest"))
+    monkeypatch.setattr(paths, "_check_remote_source", lambda *args: reached.append("source"))
     check_dataset_paths(source, dest)
+    assert reached == ["dest", "source"]
 
 
 def test_a_symlinked_folder_in_dest_pointing_into_the_source_is_not_written_through(
