@@ -12,12 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anon_tasks.codec import DecodedImage, decode_image, encode_image, to_detector_rgb, with_frames
+from anon_tasks.codec import (
+    DecodedImage,
+    decode_image,
+    detector_views,
+    encode_image,
+    is_opaque,
+    to_detector_rgb,
+    with_frames,
+)
 from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import (
     CenterFaceDetector,
     detection_floor,
     fits_one_pass,
+    merge_detections,
 )
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.formats import format_for_name
@@ -105,8 +114,14 @@ class Anonymizer:
         floor = self.detection.threshold if score_floor is None else score_floor
         faces: list[Face] = []
         for index, frame in enumerate(image.frames):
-            found = self.detector.detect_quality(
-                to_detector_rgb(frame), self.detection.quality, score_floor=detection_floor(floor)
+            # A transparent frame is searched as viewers may show it (detector_views).
+            found = merge_detections(
+                [
+                    self.detector.detect_quality(
+                        view, self.detection.quality, score_floor=detection_floor(floor)
+                    )
+                    for view in detector_views(frame)
+                ]
             )
             faces.extend(found.above(floor).to_faces(frame=index))
         return tuple(faces)
@@ -121,6 +136,7 @@ class Anonymizer:
             self.detector.batch_size == 1
             or len(image.frames) != 1
             or self.detection.quality is not Quality.BALANCED
+            or not is_opaque(image.frames[0])
         ):
             return None
         height, width = image.frames[0].shape[:2]

@@ -122,7 +122,15 @@ def shard_detection_key(
 ) -> str:
     """Key of a whole shard's detections: one cache lookup when nothing in it changed."""
     context = _detection_context(source, model_sha256, detection, output)
-    listed = [[image.relative_path, image.fingerprint] for image in images]
+    # Sidecars too: a cached shard hands its image references to masking, captions included.
+    listed = [
+        [
+            image.relative_path,
+            image.fingerprint,
+            [[s.relative_path, s.fingerprint] for s in image.sidecars],
+        ]
+        for image in images
+    ]
     return _digest("detect-shard", {**context, "images": listed})
 
 

@@ -80,7 +80,9 @@ __all__ = [
     "DecodedImage",
     "color_channel_count",
     "decode_image",
+    "detector_views",
     "encode_image",
+    "is_opaque",
     "to_detector_rgb",
     "with_frames",
 ]
@@ -268,6 +270,38 @@ def to_detector_rgb(frame: np.ndarray) -> np.ndarray:
     if colour.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(colour, 3, axis=2))
     return np.ascontiguousarray(colour, dtype=np.uint8)
+
+
+def is_opaque(frame: np.ndarray) -> bool:
+    """Whether a frame shows the same whatever lies behind it: no alpha, or alpha all full."""
+    if frame.ndim != 3 or frame.shape[2] == color_channel_count(frame):
+        return True
+    alpha = frame[..., color_channel_count(frame)]
+    return bool((alpha == np.iinfo(frame.dtype).max).all())
+
+
+def detector_views(frame: np.ndarray) -> list[np.ndarray]:
+    """The RGB images a face must be looked for in, for one frame: what viewers may show.
+
+    An opaque frame is one view (``to_detector_rgb``). A frame with transparency is shown
+    composited over whatever lies behind it, and a face may live in the alpha channel alone
+    (dark ink on a light page, or light ink on a dark one): it is looked for in its colour
+    channels as stored, composited over black and composited over white.
+    """
+    if is_opaque(frame):
+        return [to_detector_rgb(frame)]
+    channels = color_channel_count(frame)
+    alpha = frame[..., channels]
+    full = np.iinfo(frame.dtype).max
+    colour = to_detector_rgb(frame).astype(np.float32)
+    weight = (alpha.astype(np.float32) / full)[..., np.newaxis]
+    over_black = colour * weight
+    over_white = over_black + 255.0 * (1.0 - weight)
+    return [
+        to_detector_rgb(frame),
+        np.ascontiguousarray(np.rint(over_black), dtype=np.uint8),
+        np.ascontiguousarray(np.rint(over_white), dtype=np.uint8),
+    ]
 
 
 def decode_image(
@@ -847,7 +881,98 @@ def _matching_icc(icc: Any, frame: np.ndarray) -> bytes | None:
     if icc[16:20] != wanted:
         logger.debug("dropping a %r ICC profile for %r pixels", icc[16:20], wanted)
         return None
-    return icc
+    return _standard_icc(icc)
+
+
+#: ICC tags (v2 and v4) that describe colour; any other tag (a private one can hold any bytes,
+#: a face preview among them) is left out of the profile written back.
+_ICC_TAGS: Final[frozenset[bytes]] = frozenset(
+    tag.encode("ascii")
+    for tag in [
+        "A2B0",
+        "A2B1",
+        "A2B2",
+        "B2A0",
+        "B2A1",
+        "B2A2",
+        "bXYZ",
+        "bTRC",
+        "calt",
+        "chad",
+        "chrm",
+        "cicp",
+        "cprt",
+        "desc",
+        "dmnd",
+        "dmdd",
+        "gamt",
+        "kTRC",
+        "gXYZ",
+        "gTRC",
+        "lumi",
+        "meas",
+        "bkpt",
+        "wtpt",
+        "ncl2",
+        "rXYZ",
+        "rTRC",
+        "tech",
+        "vued",
+        "view",
+        "mluc",
+        "clro",
+        "clrt",
+        "clot",
+        "ciis",
+        "pseq",
+        "psid",
+        "rig0",
+        "rig2",
+        "targ",
+        "mmod",
+        "dscm",
+        "vcgt",
+        "arts",
+    ]
+)
+#: Profiles above this are not written back (the corpus's largest real one is 512 KB).
+_MAX_ICC_BYTES: Final = 1 << 20
+
+
+def _standard_icc(icc: bytes) -> bytes | None:
+    """``icc`` rebuilt from its colour tags only, or None when it cannot be read as a profile."""
+    if len(icc) > _MAX_ICC_BYTES or len(icc) < 132:
+        return None
+    count = int.from_bytes(icc[128:132], "big")
+    if count > 256 or 132 + 12 * count > len(icc):
+        return None
+    kept: list[tuple[bytes, bytes]] = []
+    for index in range(count):
+        entry = icc[132 + 12 * index : 144 + 12 * index]
+        tag = entry[:4]
+        offset, size = int.from_bytes(entry[4:8], "big"), int.from_bytes(entry[8:12], "big")
+        if offset + size > len(icc):
+            return None
+        if tag in _ICC_TAGS:
+            kept.append((tag, icc[offset : offset + size]))
+    if len(kept) == count:
+        return icc  # nothing but colour: written back as it came
+    logger.debug("ICC profile: %d non-colour tag(s) left out", count - len(kept))
+    table_end = 132 + 12 * len(kept)
+    data = bytearray()
+    entries = bytearray()
+    placed: dict[bytes, int] = {}  # tags sharing one payload (r/g/bTRC) keep sharing it
+    for tag, payload in kept:
+        start = placed.get(payload)
+        if start is None:
+            start = placed[payload] = table_end + len(data)
+            data += payload + b"\0" * (-len(payload) % 4)
+        entries += tag + start.to_bytes(4, "big") + len(payload).to_bytes(4, "big")
+    header = bytearray(icc[:128])
+    total = table_end + len(data)
+    header[0:4] = total.to_bytes(4, "big")
+    header[84:100] = bytes(16)  # the profile ID (an MD5 of the old bytes) no longer applies
+    return bytes(header) + len(kept).to_bytes(4, "big") + bytes(entries) + bytes(data)
 
 
 # 16-bit colour: Pillow reduces 16-bit RGB(A) to 8 bits, so OpenCV decodes those pixels (from

@@ -9,22 +9,35 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterable
 
 from anon_tasks.errors import ImageError
 from anon_tasks.records import ImageStatus, ManifestRow
 from anon_tasks.settings import DetectionSettings, MaskSettings
-from anon_tasks.storage import StorageOptions, join_url, read_bytes, write_bytes_atomic
+from anon_tasks.storage import (
+    StorageOptions,
+    is_local,
+    join_url,
+    local_path,
+    read_bytes,
+    url_to_fs,
+    write_bytes_atomic,
+)
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "JOURNAL_DIR",
     "MANIFEST_DIR",
     "STAGING_DIR",
     "manifest_parameters",
     "manifest_url",
     "read_manifest",
+    "read_recorded_rows",
+    "remove_journals",
     "summary_url",
     "unchanged_row",
+    "write_journal",
     "write_manifest",
 ]
 
@@ -35,6 +48,8 @@ MANIFEST_DIR = "_anonymize"
 STAGING_DIR = f"{MANIFEST_DIR}/tmp"
 #: Where detections are cached for a local dest when no result storage is named.
 DEFAULT_CACHE_DIR = f"{MANIFEST_DIR}/cache"
+#: Rows of written shards, until the run's manifest holds them (a stopped run leaves them).
+JOURNAL_DIR = f"{MANIFEST_DIR}/journal"
 
 
 def _suffix(partition: tuple[int, int] | None) -> str:
@@ -51,29 +66,106 @@ def summary_url(dest: str, partition: tuple[int, int] | None = None) -> str:
     return join_url(dest, f"{MANIFEST_DIR}/summary{_suffix(partition)}.json")
 
 
-def read_manifest(
-    dest: str, partition: tuple[int, int] | None = None, options: StorageOptions | None = None
-) -> dict[str, ManifestRow]:
-    """The previous run's rows by source path; empty when there is none or it is unreadable."""
+def _rows_of(url: str, options: StorageOptions | None) -> list[ManifestRow]:
+    """The valid rows of one manifest or journal file; none when it is missing or unreadable."""
     try:
-        content = read_bytes(manifest_url(dest, partition), options)
+        content = read_bytes(url, options)
     except FileNotFoundError:
-        return {}
+        return []
     except ImageError as exc:  # not a regular file, too large: nothing to trust in it
-        logger.warning("the previous manifest cannot be read (%s); starting afresh", exc.reason)
-        return {}
-    rows: dict[str, ManifestRow] = {}
+        logger.warning("%s cannot be read (%s); not trusted", url, exc.reason)
+        return []
+    rows: list[ManifestRow] = []
     text = content.decode("utf-8", errors="replace")  # a bad line is dropped, not the run
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = ManifestRow.model_validate_json(line)
+            rows.append(ManifestRow.model_validate_json(line))
         except ValueError:
-            logger.warning("manifest line %d is not a valid row; ignored", number)
-            continue
-        rows[row.source] = row
+            logger.warning("%s line %d is not a valid row; ignored", url, number)
     return rows
+
+
+def read_manifest(
+    dest: str, partition: tuple[int, int] | None = None, options: StorageOptions | None = None
+) -> dict[str, ManifestRow]:
+    """The previous run's rows by source path; empty when there is none or it is unreadable."""
+    return {row.source: row for row in _rows_of(manifest_url(dest, partition), options)}
+
+
+def _bookkeeping_files(dest: str, folder: str, options: StorageOptions | None) -> list[str]:
+    """URLs of the ``.jsonl`` files directly in one of dest's bookkeeping folders."""
+    url = join_url(dest, folder)
+    if is_local(url):
+        path = local_path(url)
+        if not path.is_dir() or path.is_symlink():
+            return []
+        return sorted(str(child) for child in path.iterdir() if child.name.endswith(".jsonl"))
+    fs, root = url_to_fs(url, options)
+    fs.invalidate_cache(root)
+    try:
+        names = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return []
+    protocol = url.split("://", 1)[0]
+    return sorted(f"{protocol}://{name}" for name in names if str(name).endswith(".jsonl"))
+
+
+def read_recorded_rows(
+    dest: str, options: StorageOptions | None = None
+) -> tuple[list[ManifestRow], dict[str, list[ManifestRow]]]:
+    """Every row any run recorded in dest: those of the manifests, and of each journal by URL.
+
+    The whole-dataset manifest, every partition's manifest (whatever partition count wrote
+    it) and the journals of runs that were stopped before their manifest: what dest may hold
+    that this tool wrote. Mirroring needs all of them, not only this run's own manifest.
+    """
+    manifests = [
+        url
+        for url in _bookkeeping_files(dest, MANIFEST_DIR, options)
+        if url.rsplit("/", 1)[-1].startswith("manifest")
+    ]
+    rows = [row for url in manifests for row in _rows_of(url, options)]
+    journals = {
+        url: _rows_of(url, options) for url in _bookkeeping_files(dest, JOURNAL_DIR, options)
+    }
+    return rows, journals
+
+
+def write_journal(
+    dest: str,
+    rows: Iterable[ManifestRow],
+    options: StorageOptions | None = None,
+    *,
+    protected_root: str | None = None,
+) -> str | None:
+    """Record rows just written in a journal of their own, before the run's manifest exists.
+
+    A run stopped before its manifest (killed, crashed) leaves its journals; the next run reads
+    them as recorded outputs. Returns the journal's URL (None when there was nothing to say).
+    """
+    lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in rows]
+    if not lines:
+        return None
+    url = join_url(dest, f"{JOURNAL_DIR}/{uuid.uuid4().hex}.jsonl")
+    write_bytes_atomic(
+        url, ("\n".join(lines) + "\n").encode("utf-8"), options, protected_root=protected_root
+    )
+    return url
+
+
+def remove_journals(urls: Iterable[str], options: StorageOptions | None = None) -> None:
+    """Delete journals whose rows a manifest now holds."""
+    for url in urls:
+        if is_local(url):
+            local_path(url).unlink(missing_ok=True)
+            continue
+        fs, path = url_to_fs(url, options)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            continue
 
 
 def write_manifest(

@@ -3,9 +3,10 @@
 Every face box is scaled by ``mask_scale`` about its centre, then clipped to the image with
 exclusive integer bounds (``x1 = floor(x1)``, ``x2 = ceil(x2)``), so a face cut by the border is
 masked up to and including the last row and column. The method is looked up in ``_MASKERS``;
-each masker takes the face's colour pixels and returns new ones of the same shape, and
-``mask_faces`` writes them into a copy of the image. The caller's array is never modified and
-the alpha channel is never touched.
+each masker takes the face's pixels and returns new ones of the same shape, and
+``mask_faces`` writes them into a copy of the image. The caller's array is never modified. The
+alpha channel is masked with the colour (blurred or pixelated alike; opaque under a solid
+box): a face can be drawn in transparency alone and show on a light or dark page.
 
 Strength grows with the face, so a face is hidden at every size:
 
@@ -152,7 +153,8 @@ def mask_faces(image: np.ndarray, faces: Sequence[Face], settings: MaskSettings)
 
     Args:
         image: Pixels as HxW (gray), HxWx2 (gray and alpha), HxWx3 (RGB) or HxWx4 (RGBA),
-            uint8 or uint16. Only the colour channels are changed; alpha is copied as is.
+            uint8 or uint16. Alpha is masked with the colour (blurred, pixelated, or made
+            opaque under a solid box): a face drawn in the transparency is hidden too.
         faces: Faces in this image's pixels, before ``mask_scale``.
         settings: Method, box scale, ellipse and mosaic block size.
 
@@ -170,13 +172,17 @@ def mask_faces(image: np.ndarray, faces: Sequence[Face], settings: MaskSettings)
     if settings.method is AnonymizeMethod.NONE or not faces:
         return out
     masker = _MASKERS[settings.method]
-    colour = out[..., np.newaxis] if out.ndim == 2 else out[..., :colour_channels]
+    # Every channel, alpha included: a face can show through its transparency alone.
+    pixels = out[..., np.newaxis] if out.ndim == 2 else out
+    has_alpha = pixels.shape[2] > colour_channels
     height, width = out.shape[:2]
     regions = _face_regions(faces, settings, width, height)
     for region in regions:
         x1, y1, x2, y2 = region.bounds
-        target = colour[y1:y2, x1:x2]
+        target = pixels[y1:y2, x1:x2]
         replacement = masker(np.ascontiguousarray(target), region, settings)
+        if has_alpha and settings.method is AnonymizeMethod.SOLID:
+            replacement[..., -1] = np.iinfo(replacement.dtype).max  # an opaque black box
         inside = _shape_mask(region, settings)
         if inside is None:
             target[...] = replacement
@@ -356,7 +362,7 @@ def _blur_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings
 
 
 def _solid_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings) -> np.ndarray:
-    """Black: every colour channel set to 0."""
+    """Black: every channel set to 0 (the caller makes alpha opaque)."""
     return np.zeros_like(pixels)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from anon_tasks.errors import UnsafePathError
@@ -29,7 +29,7 @@ from anon_tasks.storage import (
     url_to_fs,
 )
 
-__all__ = ["produced_paths", "recorded_outputs", "remove_orphans"]
+__all__ = ["produced_paths", "recorded_outputs", "remove_files", "remove_orphans"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +117,30 @@ def remove_orphans(
     """
     removed: dict[str, tuple[str, ...]] = {}
     for row in previous:
-        gone: list[str] = []
-        for relative, recorded in recorded_outputs(row).items():
-            if relative in keep:
-                continue
-            try:
-                if _remove_one(dest, relative, recorded, options, protected_root):
-                    gone.append(relative)
-            except UnsafePathError as exc:
-                logger.warning("not removing %s: %s", relative, exc.reason)
+        recorded = {p: f for p, f in recorded_outputs(row).items() if p not in keep}
+        gone = remove_files(dest, recorded, options, protected_root=protected_root)
         if gone:
-            removed[row.source] = tuple(gone)
+            removed[row.source] = removed.get(row.source, ()) + gone
     return removed
+
+
+def remove_files(
+    dest: str,
+    recorded: Mapping[str, str | None],
+    options: StorageOptions | None = None,
+    *,
+    protected_root: str | None = None,
+) -> tuple[str, ...]:
+    """Delete files of dest this tool wrote, each only while it still has its recorded
+    fingerprint; returns the relative paths deleted."""
+    gone: list[str] = []
+    for relative, fingerprint in recorded.items():
+        try:
+            if _remove_one(dest, relative, fingerprint, options, protected_root):
+                gone.append(relative)
+        except UnsafePathError as exc:
+            logger.warning("not removing %s: %s", relative, exc.reason)
+    return tuple(gone)
 
 
 def produced_paths(rows: Iterable[ManifestRow]) -> set[str]:

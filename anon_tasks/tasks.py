@@ -38,7 +38,7 @@ from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ConfigurationError, ImageError, SidecarRefusedError
 from anon_tasks.manifest import STAGING_DIR, manifest_parameters, unchanged_row
 from anon_tasks.model import load_model_file
-from anon_tasks.outputs import remove_orphans
+from anon_tasks.outputs import remove_files, remove_orphans
 from anon_tasks.pipeline import FetchedImage, content_digest, detect_images
 from anon_tasks.planning import is_up_to_date
 from anon_tasks.records import (
@@ -393,7 +393,9 @@ def detect_faces(
         inferred,
         f" on {device}" if device else "",
     )
-    results = [found[image.relative_path] for image in images]
+    # Records (and whole cached shards) hold the references of the run that made them: bind
+    # each to this run's reference, so its caption sidecars are today's, never a cached list.
+    results = [found[image.relative_path].model_copy(update={"image": image}) for image in images]
     return ShardDetections(
         images=tuple(results), images_read=read, images_inferred=inferred, device=device
     )
@@ -663,18 +665,28 @@ def write_images(
             continue
         if item.content is None:  # fail closed: nothing to write is never "written"
             raise ValueError(f"{item.image.relative_path}: no anonymised bytes to write")
+        if item.content_sha256 is None or (
+            item.faces and content_digest(item.content) == item.content_sha256
+        ):
+            # Fail closed on a hand-built value too: never bytes unbound to their source, never
+            # the source's own bytes when it holds faces.
+            raise ValueError(f"{item.image.relative_path}: not masked output bytes; refused")
         output = item.image.relative_path
+        written: dict[str, str | None] = {}
         try:
             for relative, content in item.sidecars:  # captions first: an image is never without
                 write(relative, content)
+                written[relative] = file_fingerprint(join_url(dest, relative), options)
             write(output, item.content)
-        except ImageError as exc:
-            logger.warning("cannot write %s: %s", output, exc.reason)
-            rows.append(failed_row(item, str(exc), common))
-            continue
-        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
-            reason = f"{output}: a file or folder in dest is in the way ({type(exc).__name__})"
+        except (ImageError, FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, ImageError)
+                else f"{output}: a file or folder in dest is in the way ({type(exc).__name__})"
+            )
             logger.warning("cannot write %s", reason)
+            # No image, so no captions of it either: those just written go again.
+            remove_files(dest, written, options, protected_root=source)
             rows.append(failed_row(item, reason, common))
             continue
         rows.append(
@@ -683,10 +695,7 @@ def write_images(
                 status=item.status,
                 faces=_manifest_faces(item.faces),
                 output_fingerprint=file_fingerprint(join_url(dest, output), options),
-                sidecars={
-                    relative: file_fingerprint(join_url(dest, relative), options) or ""
-                    for relative, _ in item.sidecars
-                },
+                sidecars={relative: fingerprint or "" for relative, fingerprint in written.items()},
                 refused_sidecars=item.refused_sidecars,
                 **common,
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,10 @@ from anon_tasks.manifest import (
     STAGING_DIR,
     manifest_parameters,
     read_manifest,
+    read_recorded_rows,
+    remove_journals,
     summary_url,
+    write_journal,
     write_manifest,
 )
 from anon_tasks.memory import limit_heap_growth
@@ -280,6 +283,10 @@ class _Plan:
     listed_at_ns: int
     #: The source listed nothing at all (before any partition was taken).
     source_empty: bool = False
+    #: What any manifest or journal in dest records as written, by source (this partition's).
+    recorded: dict[str, list[ManifestRow]] = field(default_factory=dict)
+    #: Journals of stopped runs (this partition's): deleted once this run's manifest holds all.
+    journals: list[str] = field(default_factory=list)
 
 
 def _plan(
@@ -313,9 +320,22 @@ def _plan(
         index, count = run.partition
         images = [i for i in images if partition_of(i.relative_path, count) == index]
         skipped = [s for s in skipped if partition_of(s.relative_path, count) == index]
+
+    def mine(path: str) -> bool:
+        return run.partition is None or partition_of(path, run.partition[1]) == run.partition[0]
+
     previous = read_manifest(dest, run.partition, options)
+    manifest_rows, journals = read_recorded_rows(dest, options)
+    own_journals = [url for url, rows in journals.items() if all(mine(r.source) for r in rows)]
+    journal_rows = [row for rows in journals.values() for row in rows if mine(row.source)]
+    # A stopped run's journals are newer than the manifest: what they record is in dest now.
+    previous.update((row.source, row) for row in journal_rows)
+    recorded: dict[str, list[ManifestRow]] = defaultdict(list)
+    for row in [*manifest_rows, *journal_rows]:  # every layout: plain, any partition count
+        if mine(row.source) and row.output is not None:
+            recorded[row.source].append(row)
     listed = {image.relative_path for image in images}
-    gone = [row for path, row in previous.items() if path not in listed and row.output]
+    gone = [row for path, rows in recorded.items() if path not in listed for row in rows]
     up_to_date = up_to_date_rows(
         images,
         previous,
@@ -336,7 +356,19 @@ def _plan(
         (todo if stale else done).append(shard)
     rows = [up_to_date[image.relative_path] for shard in done for image in shard]
     source_empty = not listing.images and not listing.skipped
-    return _Plan(images, shards, todo, rows, previous, skipped, gone, listed_at_ns, source_empty)
+    return _Plan(
+        images,
+        shards,
+        todo,
+        rows,
+        previous,
+        skipped,
+        gone,
+        listed_at_ns,
+        source_empty,
+        recorded=dict(recorded),
+        journals=own_journals,
+    )
 
 
 def _refuse_to_empty_dest(plan: _Plan, source: str) -> None:
@@ -358,9 +390,10 @@ def _remove_orphans(
     """Delete what earlier runs wrote for this run's images and no row now records (an image
     that failed, a sidecar no longer copied); a failed row then says its output went."""
     redone = [
-        plan.previous[row.source]
+        earlier
         for row in rows
-        if row.status in (ImageStatus.FAILED, ImageStatus.WRITTEN) and row.source in plan.previous
+        if row.status in (ImageStatus.FAILED, ImageStatus.WRITTEN)
+        for earlier in plan.recorded.get(row.source, [])
     ]
     if not redone:
         return rows
@@ -395,6 +428,8 @@ class _Outcome:
     images_inferred: int = 0
     images_read: int = 0
     devices: set[str] = field(default_factory=set)
+    #: Journals this run wrote, deleted once its manifest is written.
+    journals: list[str] = field(default_factory=list)
     #: Detect-only runs (method none) write no rows: their counts are kept here.
     faces_found: int = 0
     images_failed: list[str] = field(default_factory=list)
@@ -426,6 +461,7 @@ def _process(
     """Detect, mask and write every stale shard; shards spread over the available devices."""
     outcome = _Outcome(rows=list(plan.up_to_date_rows))
     progress = _Progress(total=len(plan.images), done=len(plan.up_to_date_rows))
+    options = storage_options_for(run.storage_options, run.credentials_block)
     detect = detect_faces.with_options(result_storage=_result_storage(dest, run))
     devices = available_devices(detection.device)
     # Per device: one thread runs the model while another masks and encodes the previous
@@ -448,12 +484,22 @@ def _process(
             )
         else:
             outcome.images_read += shard_run.masked.result().images_read
-            outcome.rows.extend(
+            shard_rows = [
                 row
                 if row.status is ImageStatus.UNCHANGED
                 else row.model_copy(update={"listed_at_ns": plan.listed_at_ns})
                 for row in shard_run.written.result()
+            ]
+            outcome.rows.extend(shard_rows)
+            # Until the manifest exists, a journal says what this shard put in dest.
+            journal = write_journal(
+                dest,
+                [row for row in shard_rows if row.status is ImageStatus.WRITTEN],
+                options,
+                protected_root=source,
             )
+            if journal is not None:
+                outcome.journals.append(journal)
         if not _was_cached(shard_run.found):
             outcome.images_inferred += detections.images_inferred
             outcome.images_read += detections.images_read
@@ -632,7 +678,7 @@ def anonymize_dataset(
     if not detect_only:
         rows = _remove_orphans(rows, plan, source, dest, run)
         rows.extend(
-            plan.previous[image].model_copy(
+            plan.recorded[image][-1].model_copy(
                 update={
                     "status": ImageStatus.REMOVED,
                     "output": None,
@@ -647,6 +693,7 @@ def anonymize_dataset(
         parameters = manifest_parameters(detection, masking)
         rows.extend(_skipped_row(entry, parameters, model_sha) for entry in plan.skipped)
         manifest = write_manifest(dest, rows, run.partition, options, protected_root=source)
+        remove_journals([*outcome.journals, *plan.journals], options)
     failed = [row.source for row in rows if row.status is ImageStatus.FAILED]
     summary = RunSummary(
         source=source,

@@ -212,3 +212,34 @@ def test_a_fingerprint_taken_in_the_tick_of_a_change_is_racy() -> None:
     assert not is_racy(fingerprint, 1_000_000_000_000 + RACY_WINDOW_NS + 1)
     assert is_racy(fingerprint, None)  # an older manifest never recorded its listing time
     assert not is_racy('etag:"abc"', None)  # an ETag digests the content itself
+
+
+def test_write_images_refuses_bytes_not_bound_to_masking(tmp_path, astronaut_rgb) -> None:
+    """The tasks are public: a hand-built value holding the source's own bytes is refused."""
+    from anon_tasks.detections import Face
+    from anon_tasks.tasks import MaskedImage, MaskedShard
+
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    source.mkdir()
+    content = _tiff(astronaut_rgb)
+    (source / "a.tif").write_bytes(content)
+    image = ImageRef(relative_path="a.tif", size_bytes=len(content), fingerprint="f")
+    face = Face(xyxy=ASTRONAUT_FACE_XYXY, score=0.9)
+    unbound = MaskedImage(image=image, status=ImageStatus.WRITTEN, faces=(face,), content=content)
+    raw = MaskedImage(
+        image=image,
+        status=ImageStatus.WRITTEN,
+        faces=(face,),
+        content=content,
+        content_sha256=hashlib.sha256(content).hexdigest(),
+    )
+
+    @flow(validate_parameters=False)
+    def hand_built(index: int) -> None:
+        item = (unbound, raw)[index]
+        write_images(MaskedShard(images=(item,)), str(source), str(dest), detection=CPU)
+
+    for index in (0, 1):
+        with pytest.raises(ValueError, match="not masked output bytes"):
+            hand_built(index)
+    assert not (dest / "a.tif").exists()

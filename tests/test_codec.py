@@ -970,3 +970,37 @@ def test_kept_metadata_carries_no_vendor_blob_or_unknown_tag() -> None:
         assert kept.get(0x010F) == "Camera maker"
         assert 0x002E not in kept
         assert 0xEA1C not in kept.get_ifd(0x8769)
+
+
+def test_an_icc_profile_loses_private_tags_that_could_carry_a_face() -> None:
+    from PIL import ImageCms
+    from skimage import data
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    face = io.BytesIO()
+    Image.fromarray(data.astronaut()[50:190, 170:290].copy()).save(face, format="JPEG")
+    payload = face.getvalue()
+    count = int.from_bytes(srgb[128:132], "big")
+    table_end = 132 + 12 * count
+    # Append a private tag: shift every offset by the new table entry, add the payload.
+    entries = bytearray()
+    for index in range(count):
+        entry = srgb[132 + 12 * index : 144 + 12 * index]
+        offset = int.from_bytes(entry[4:8], "big") + 12
+        entries += entry[:4] + offset.to_bytes(4, "big") + entry[8:12]
+    body = srgb[table_end:]
+    private_at = table_end + 12 + len(body)
+    entries += b"priv" + private_at.to_bytes(4, "big") + len(payload).to_bytes(4, "big")
+    profile = bytearray(srgb[:128]) + (count + 1).to_bytes(4, "big") + entries + body + payload
+    profile[0:4] = len(profile).to_bytes(4, "big")
+    source = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(source, format="JPEG", icc_profile=bytes(profile))
+    for keep in (False, True):
+        written = encode_image(
+            decode_image(source.getvalue()), settings=OutputSettings(keep_metadata=keep)
+        )
+        assert payload[100:400] not in written
+        with Image.open(io.BytesIO(written)) as output:
+            kept = output.info.get("icc_profile")
+        assert kept is not None  # the colour tags stay
+        ImageCms.ImageCmsProfile(io.BytesIO(kept))  # and still read as a profile

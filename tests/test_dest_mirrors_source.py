@@ -232,3 +232,84 @@ def test_nothing_outside_dest_is_deleted_through_a_link_in_dest(tmp_path, small_
         handle.write(json.dumps(ghost) + "\n")
     anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
     assert (victim / "important.txt").read_text() == "keep"
+
+
+def test_captions_follow_the_source_even_with_cached_detections(tmp_path, small_photos) -> None:
+    """Detections are cached by image; captions are not: edited, removed and added caption
+    files reach dest as they are in the source now."""
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    source.mkdir()
+    Image.fromarray(small_photos[0]).save(source / "a.png")
+    Image.fromarray(small_photos[1]).save(source / "b.png")
+    (source / "a.txt").write_text("Jane Doe, 12 Elm St\n")
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    (source / "a.txt").write_text("a woman\n")
+    (source / "b.txt").write_text("a man\n")
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.images_inferred == 0  # the detections themselves are still good
+    assert (dest / "a.txt").read_text().startswith("a woman")
+    assert (dest / "b.txt").read_text().startswith("a man")
+    (source / "a.txt").unlink()
+    anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert not (dest / "a.txt").exists()
+
+
+def test_captions_of_an_image_that_could_not_be_written_are_not_left(
+    tmp_path, small_photos
+) -> None:
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "b.png"])
+    (dest / "a.png").mkdir(parents=True)  # in the way of the output
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.failed_images == ("a.png",)
+    assert not (dest / "a.txt").exists()
+    assert (dest / "b.txt").exists()
+
+
+def test_orphans_are_found_whatever_layout_wrote_them(tmp_path, small_photos) -> None:
+    """Two partitions, then three, then a plain run: each sees what the others recorded."""
+    names = [f"im{i}.png" for i in range(6)]
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, (small_photos * 2)[:6], names)
+    for index in range(2):
+        part = ALLOW.model_copy(update={"partition_index": index, "partition_count": 2})
+        anonymize_dataset(str(source), str(dest), detection=CPU, run=part)
+    (source / "im0.png").unlink()
+    (source / "im1.png").unlink()
+    removed = 0
+    for index in range(3):
+        part = ALLOW.model_copy(update={"partition_index": index, "partition_count": 3})
+        removed += anonymize_dataset(str(source), str(dest), detection=CPU, run=part).images_removed
+    assert removed == 2
+    assert not {"im0.png", "im1.png"} & outputs(dest)
+    (source / "im2.png").unlink()
+    plain = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert plain.images_removed == 1
+    assert "im2.png" not in outputs(dest)
+
+
+def test_a_run_stopped_before_its_manifest_leaves_a_journal_the_next_run_reads(
+    tmp_path, small_photos, monkeypatch
+) -> None:
+    import importlib
+
+    flow_module = importlib.import_module("anon_tasks.flows.anonymize_dataset")
+
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    write_dataset(source, small_photos, ["a.png", "b.png", "c.png"])
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped before the manifest")
+
+    monkeypatch.setattr(flow_module, "write_manifest", stopped)
+    with pytest.raises(RuntimeError, match="stopped"):
+        anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    monkeypatch.undo()
+    assert "a.png" in outputs(dest)
+    assert not (dest / "_anonymize" / "manifest.jsonl").exists()
+    (source / "a.png").unlink()
+    summary = anonymize_dataset(str(source), str(dest), detection=CPU, run=ALLOW)
+    assert summary.images_removed == 1
+    assert summary.images_unchanged == 2  # what the stopped run wrote is trusted, not redone
+    assert "a.png" not in outputs(dest)
+    assert not list((dest / "_anonymize" / "journal").glob("*.jsonl"))

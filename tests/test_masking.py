@@ -183,11 +183,14 @@ def test_masks_face_only_and_keeps_alpha_dtype_and_input(astronaut_rgb, method, 
     assert not np.shares_memory(out, image)
     assert out.shape == image.shape
     assert out.dtype == image.dtype
-    if image.ndim == 3 and image.shape[2] in (2, 4):
-        np.testing.assert_array_equal(out[..., -1], image[..., -1])  # alpha exactly kept
-
     bounds = clip_box_px(FACE_BOX, 512, 512)
     outside = _outside(image.shape, bounds)
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        # Alpha exactly kept outside the face box; under a solid box it is made opaque.
+        np.testing.assert_array_equal(out[..., -1][outside], image[..., -1][outside])
+        if method is AnonymizeMethod.SOLID:
+            x1, y1, x2, y2 = bounds
+            assert (out[y1:y2, x1:x2, -1] == np.iinfo(out.dtype).max).all()
     np.testing.assert_array_equal(_colour(out)[outside], _colour(image)[outside])
 
     inner = _ellipse(image.shape, FACE_BOX, radius=0.9)
