@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +13,8 @@ from PIL import Image
 from anon_tasks.codec import decode_image
 from anon_tasks.detections import Face
 from anon_tasks.errors import ConfigurationError, UnsafePathError
-from anon_tasks.settings import DetectionSettings, RunSettings
+from anon_tasks.masking import masked_pixels
+from anon_tasks.settings import DetectionSettings, MaskSettings, RunSettings
 from anon_tasks.storage import join_url, safe_relative_path
 from tests.conftest import shared_path
 from tests.test_anonymizer import assert_faces_destroyed, assert_masked_and_untouched_elsewhere
@@ -72,8 +74,11 @@ def test_the_whole_awkward_corpus_in_one_run(tmp_path) -> None:
             assert_faces_destroyed(old, new, faces)
             if faces:  # (a face-free lossy AVIF of 64 px moves more than 3 levels on re-encode)
                 assert_masked_and_untouched_elsewhere(old, new, faces)
-            if old.ndim == 3 and old.shape[2] in (2, 4):
-                np.testing.assert_array_equal(new[..., -1], old[..., -1])
+            if old.ndim == 3 and old.shape[2] in (2, 4):  # alpha kept outside the masks
+                covered = masked_pixels(*old.shape[:2], faces, MaskSettings())
+                # The manifest rounds boxes to 0.01 px: a pixel's margin around the masks.
+                covered = cv2.dilate(covered.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+                np.testing.assert_array_equal(new[..., -1][~covered], old[..., -1][~covered])
 
 
 @pytest.mark.parametrize(
