@@ -114,8 +114,8 @@ def _bookkeeping_files(dest: str, folder: str, options: StorageOptions | None) -
 
 def read_recorded_rows(
     dest: str, options: StorageOptions | None = None
-) -> tuple[list[ManifestRow], dict[str, list[ManifestRow]]]:
-    """Every row any run recorded in dest: those of the manifests, and of each journal by URL.
+) -> tuple[dict[str, list[ManifestRow]], dict[str, list[ManifestRow]]]:
+    """Every row any run recorded in dest: those of each manifest and of each journal, by URL.
 
     The whole-dataset manifest, every partition's manifest (whatever partition count wrote
     it) and the journals of runs that were stopped before their manifest: what dest may hold
@@ -126,7 +126,7 @@ def read_recorded_rows(
         for url in _bookkeeping_files(dest, MANIFEST_DIR, options)
         if url.rsplit("/", 1)[-1].startswith("manifest")
     ]
-    rows = [row for url in manifests for row in _rows_of(url, options)]
+    rows = {url: _rows_of(url, options) for url in manifests}
     journals = {
         url: _rows_of(url, options) for url in _bookkeeping_files(dest, JOURNAL_DIR, options)
     }

@@ -666,7 +666,9 @@ def write_images(
         if item.content is None:  # fail closed: nothing to write is never "written"
             raise ValueError(f"{item.image.relative_path}: no anonymised bytes to write")
         if item.content_sha256 is None or (
-            item.faces and content_digest(item.content) == item.content_sha256
+            item.faces
+            and len(item.content) == item.image.size_bytes  # cheap first: sizes rarely match
+            and content_digest(item.content) == item.content_sha256
         ):
             # Fail closed on a hand-built value too: never bytes unbound to their source, never
             # the source's own bytes when it holds faces.

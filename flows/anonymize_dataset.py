@@ -46,7 +46,7 @@ from anon_tasks.manifest import (
     MANIFEST_DIR,
     STAGING_DIR,
     manifest_parameters,
-    read_manifest,
+    manifest_url,
     read_recorded_rows,
     remove_journals,
     summary_url,
@@ -324,8 +324,15 @@ def _plan(
     def mine(path: str) -> bool:
         return run.partition is None or partition_of(path, run.partition[1]) == run.partition[0]
 
-    previous = read_manifest(dest, run.partition, options)
-    manifest_rows, journals = read_recorded_rows(dest, options)
+    manifests, journals = read_recorded_rows(dest, options)
+    own_manifest = manifest_url(dest, run.partition)
+    previous = {
+        row.source: row
+        for url, rows in manifests.items()
+        if location_within(url, own_manifest, options)
+        for row in rows
+    }
+    manifest_rows = [row for rows in manifests.values() for row in rows]
     own_journals = [url for url, rows in journals.items() if all(mine(r.source) for r in rows)]
     journal_rows = [row for rows in journals.values() for row in rows if mine(row.source)]
     # A stopped run's journals are newer than the manifest: what they record is in dest now.
