@@ -145,13 +145,11 @@ def write_journal(
     A run stopped before its manifest (killed, crashed) leaves its journals; the next run reads
     them as recorded outputs. Returns the journal's URL (None when there was nothing to say).
     """
-    lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in rows]
-    if not lines:
+    rows = list(rows)
+    if not rows:
         return None
     url = join_url(dest, f"{JOURNAL_DIR}/{uuid.uuid4().hex}.jsonl")
-    write_bytes_atomic(
-        url, ("\n".join(lines) + "\n").encode("utf-8"), options, protected_root=protected_root
-    )
+    write_bytes_atomic(url, _jsonl(rows), options, protected_root=protected_root)
     return url
 
 
@@ -181,16 +179,16 @@ def write_manifest(
     Args:
         protected_root: The source: a manifest whose real location lies inside it is refused.
     """
-    ordered = sorted(rows, key=lambda row: row.source)
-    lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in ordered]
     url = manifest_url(dest, partition)
-    write_bytes_atomic(
-        url,
-        ("\n".join(lines) + "\n").encode("utf-8"),
-        options,
-        protected_root=protected_root,
-    )
+    ordered = sorted(rows, key=lambda row: row.source)
+    write_bytes_atomic(url, _jsonl(ordered), options, protected_root=protected_root)
     return url
+
+
+def _jsonl(rows: Iterable[ManifestRow]) -> bytes:
+    """Rows as JSON lines, keys sorted: the one way manifests and journals are written."""
+    lines = [json.dumps(row.model_dump(mode="json"), sort_keys=True) for row in rows]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def unchanged_row(previous: ManifestRow) -> ManifestRow:

@@ -11,11 +11,11 @@ rule again at write time (``write_bytes_atomic(..., protected_root=source)``).
 from __future__ import annotations
 
 import os
-import re
 
 from anon_tasks.errors import ConfigurationError
 from anon_tasks.formats import format_for_name
 from anon_tasks.manifest import DEFAULT_CACHE_DIR, MANIFEST_DIR, STAGING_DIR
+from anon_tasks.settings import BLOCK_SLUG
 from anon_tasks.storage import (
     StorageOptions,
     is_local,
@@ -27,10 +27,7 @@ from anon_tasks.storage import (
     url_to_fs,
 )
 
-__all__ = ["BLOCK_SLUG", "check_dataset_paths", "check_file_paths"]
-
-#: A Prefect block slug (``type/name``), as ``run.result_storage`` may name one.
-BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+__all__ = ["check_dataset_paths", "check_file_paths"]
 
 
 def _overlap(source: str, other: str, options: StorageOptions | None) -> str | None:
@@ -144,10 +141,16 @@ def check_dataset_paths(
             a file or below one, or its bucket does not exist. The message names the field and
             never repeats a credential.
     """
+    # A block slug is checked by the flow, which can load the block; a path or URL here.
+    storage_location = (
+        result_storage
+        if result_storage is not None and not BLOCK_SLUG.match(result_storage)
+        else None
+    )
     _refuse_bad_url("source", source)
     _refuse_bad_url("dest", dest)
-    if result_storage is not None and not BLOCK_SLUG.match(result_storage):
-        _refuse_bad_url("result_storage", result_storage)
+    if storage_location is not None:
+        _refuse_bad_url("result_storage", storage_location)
     if is_local(source):
         source_path = local_path(source)
         if not source_path.exists():
@@ -155,8 +158,8 @@ def check_dataset_paths(
         if not source_path.is_dir():
             raise ConfigurationError(f"source={source!r} is not a folder", field="source")
     _refuse_overlap("dest", dest, source, options)
-    if result_storage is not None and not BLOCK_SLUG.match(result_storage):
-        _refuse_overlap("result_storage", result_storage, source, options)
+    if storage_location is not None:
+        _refuse_overlap("result_storage", storage_location, source, options)
     if is_local(dest):
         _check_local_folder_target(dest, "dest")
         # dest/_anonymize holds the manifest, staging files and (by default) the cache: a link

@@ -27,6 +27,7 @@ from anon_tasks.errors import ConfigurationError
 from anon_tasks.storage import url_problem
 
 __all__ = [
+    "BLOCK_SLUG",
     "AnonymizeMethod",
     "DetectionSettings",
     "MaskSettings",
@@ -66,7 +67,9 @@ _RANDOM_BITS_PER_CHAR = 4.3
 #: What replaces a credential before validation, so that no error ever holds it.
 _HIDDEN = "<hidden: looks like a credential>"
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|cpu:\d+)$")
-_BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+#: A Prefect block slug (``type/name``), as ``run.result_storage`` and ``credentials_block``
+#: name one.
+BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
 
 
 def _plain_location(value: str | None) -> str | None:
@@ -410,7 +413,7 @@ class RunSettings(_Settings):
     @field_validator("credentials_block")
     @classmethod
     def _check_credentials_block(cls, value: str | None) -> str | None:
-        if value is not None and not _BLOCK_SLUG.match(value):
+        if value is not None and not BLOCK_SLUG.match(value):
             raise ValueError("must be a Prefect block slug 'type/name', e.g. 'aws-credentials/x'")
         return value
 

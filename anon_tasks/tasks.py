@@ -36,7 +36,7 @@ from anon_tasks.detections import Face, faces_above
 from anon_tasks.detector import detection_floor
 from anon_tasks.devices import available_devices, device_lease
 from anon_tasks.errors import ConfigurationError, ImageError, SidecarRefusedError
-from anon_tasks.manifest import STAGING_DIR, manifest_parameters, unchanged_row
+from anon_tasks.manifest import MANIFEST_DIR, STAGING_DIR, manifest_parameters, unchanged_row
 from anon_tasks.model import load_model_file
 from anon_tasks.outputs import remove_files, remove_orphans
 from anon_tasks.pipeline import FetchedImage, content_digest, detect_images
@@ -131,6 +131,15 @@ def _anonymizer(
         return _anonymizers[key]
 
 
+def _detector_on(device: str, detection: DetectionSettings, output: OutputSettings) -> Anonymizer:
+    """The shared anonymizer that detects on a leased ``device`` (masking settings unused)."""
+    return _anonymizer(
+        detection.model_copy(update={"device": device}),
+        _DEFAULT_MASKING,
+        OutputSettings(max_pixels=output.max_pixels),
+    )
+
+
 def _block_storage_options(slug: str) -> dict[str, Any]:
     """fsspec options from a Prefect credentials block (prefect-aws ``AwsCredentials`` style)."""
     with _blocks_lock:
@@ -193,6 +202,26 @@ class SourceListing(BaseModel):
     skipped: tuple[SkippedEntry, ...] = ()
 
 
+def _scan(source: str, options: Mapping[str, Any]) -> tuple[list[ImageRef], list[SkippedEntry]]:
+    """Images (sorted by path) and skipped entries of ``source``.
+
+    Images inside a source folder named like dest's bookkeeping folder are skipped: their
+    outputs would land among the manifest and be taken for the tool's own files.
+    """
+    images: list[ImageRef] = []
+    skipped: list[SkippedEntry] = []
+    for entry in scan_dataset(source, options):
+        if isinstance(entry, ImageRef) and entry.relative_path.startswith(MANIFEST_DIR + "/"):
+            entry = SkippedEntry(
+                relative_path=entry.relative_path,
+                reason=f"inside a source folder named {MANIFEST_DIR}, which dest reserves for "
+                "the manifest",
+                fingerprint=entry.fingerprint,
+            )
+        (images if isinstance(entry, ImageRef) else skipped).append(entry)
+    return sorted(images, key=lambda image: image.relative_path), skipped
+
+
 @task(name="scan-source", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def scan_source(source: str, run: RunSettings = _DEFAULT_RUN) -> SourceListing:
     """List every entry of ``source``: images with fingerprints and sidecars, and what is skipped.
@@ -208,19 +237,12 @@ def scan_source(source: str, run: RunSettings = _DEFAULT_RUN) -> SourceListing:
     Example:
         >>> listing = scan_source("s3://bucket/raw")
     """
-    options = storage_options_for(run.storage_options, run.credentials_block)
-    images: list[ImageRef] = []
-    skipped: list[SkippedEntry] = []
-    for entry in scan_dataset(source, options):
-        (images if isinstance(entry, ImageRef) else skipped).append(entry)
+    images, skipped = _scan(source, storage_options_for(run.storage_options, run.credentials_block))
     logger = get_run_logger()
     logger.info("%d image(s) under %s, %d other entries skipped", len(images), source, len(skipped))
     for entry in skipped[:20]:
         logger.info("skipping %s: %s", entry.relative_path, entry.reason)
-    return SourceListing(
-        images=tuple(sorted(images, key=lambda image: image.relative_path)),
-        skipped=tuple(skipped),
-    )
+    return SourceListing(images=tuple(images), skipped=tuple(skipped))
 
 
 @task(name="list-images", cache_policy=NO_CACHE, persist_result=False, retries=2)
@@ -243,11 +265,7 @@ def list_images(
     Example:
         >>> images = list_images("s3://bucket/raw")
     """
-    options = storage_options_for(storage_options, credentials_block)
-    images = sorted(
-        (entry for entry in scan_dataset(source, options) if isinstance(entry, ImageRef)),
-        key=lambda image: image.relative_path,
-    )
+    images, _ = _scan(source, storage_options_for(storage_options, credentials_block))
     get_run_logger().info("%d image(s) under %s", len(images), source)
     return images
 
@@ -367,11 +385,7 @@ def detect_faces(
         devices = available_devices(detection.device)
         start = device_hint % len(devices)
         with device_lease(devices[start:] + devices[:start]) as device:
-            anonymizer = _anonymizer(
-                detection.model_copy(update={"device": device}),
-                _DEFAULT_MASKING,
-                OutputSettings(max_pixels=output.max_pixels),
-            )
+            anonymizer = _detector_on(device, detection, output)
             keys_by_path = {image.relative_path: key for image, key in missing}
             stream = detect_images(
                 anonymizer, source, [image for image, _ in missing], options, score_floor=floor
@@ -439,11 +453,7 @@ def _redetect(
     The only place masking runs the model; a session is created only when this happens.
     """
     with device_lease(available_devices(detection.device)) as device:
-        anonymizer = _anonymizer(
-            detection.model_copy(update={"device": device}),
-            _DEFAULT_MASKING,
-            OutputSettings(max_pixels=output.max_pixels),
-        )
+        anonymizer = _detector_on(device, detection, output)
         return anonymizer.detect(decoded, score_floor=detection_floor(detection.threshold))
 
 

@@ -56,7 +56,7 @@ from anon_tasks.manifest import (
 from anon_tasks.memory import limit_heap_growth
 from anon_tasks.model import load_model_file
 from anon_tasks.outputs import produced_paths
-from anon_tasks.paths import BLOCK_SLUG, check_dataset_paths
+from anon_tasks.paths import check_dataset_paths
 from anon_tasks.planning import up_to_date_rows
 from anon_tasks.progress import report_progress
 from anon_tasks.records import (
@@ -68,6 +68,7 @@ from anon_tasks.records import (
     SkippedEntry,
 )
 from anon_tasks.settings import (
+    BLOCK_SLUG,
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
@@ -303,27 +304,13 @@ def _plan(
         remove_stale_staging_files(join_url(dest, STAGING_DIR))
     listed_at_ns = time.time_ns()
     listing = scan_source(source, run)
-    images, skipped = list(listing.images), list(listing.skipped)
-    reserved = [image for image in images if image.relative_path.startswith(MANIFEST_DIR + "/")]
-    if reserved:  # dest/_anonymize is the tool's own folder: nothing of the source goes there
-        images = [image for image in images if image not in reserved]
-        skipped += [
-            SkippedEntry(
-                relative_path=image.relative_path,
-                reason=f"inside a source folder named {MANIFEST_DIR}, which dest reserves for "
-                "the manifest",
-                fingerprint=image.fingerprint,
-            )
-            for image in reserved
-        ]
-    if run.partition is not None:
-        index, count = run.partition
-        images = [i for i in images if partition_of(i.relative_path, count) == index]
-        skipped = [s for s in skipped if partition_of(s.relative_path, count) == index]
 
     def mine(path: str) -> bool:
+        """Whether ``path`` belongs to this run's partition (every path, unpartitioned)."""
         return run.partition is None or partition_of(path, run.partition[1]) == run.partition[0]
 
+    images = [image for image in listing.images if mine(image.relative_path)]
+    skipped = [entry for entry in listing.skipped if mine(entry.relative_path)]
     manifests, journals = read_recorded_rows(dest, options)
     own_manifest = manifest_url(dest, run.partition)
     previous = {
