@@ -1,8 +1,8 @@
 """anon-tasks: find and anonymise faces in image datasets, as a library and as Prefect tasks.
 
-Names are imported lazily, so ``import anon_tasks.settings`` loads neither ONNX Runtime nor
+Names are imported lazily, so ``import anon_tasks.core.settings`` loads neither ONNX Runtime nor
 Prefect; ``anon_tasks.mask_faces`` is the Prefect task (the array function is
-``anon_tasks.masking.mask_faces``).
+``anon_tasks.imaging.masking.mask_faces``).
 """
 
 from __future__ import annotations
@@ -10,43 +10,43 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from anon_tasks.core.version import __version__
 
 _EXPORTS: dict[str, str] = {
-    "AnonTasksError": "anon_tasks.errors",
-    "ConfigurationError": "anon_tasks.errors",
-    "ImageError": "anon_tasks.errors",
-    "ImageDecodeError": "anon_tasks.errors",
-    "ImageEncodeError": "anon_tasks.errors",
-    "ImageTooLargeError": "anon_tasks.errors",
-    "ModelError": "anon_tasks.errors",
-    "ProviderError": "anon_tasks.errors",
-    "UnsupportedImageError": "anon_tasks.errors",
-    "AnonymizeMethod": "anon_tasks.settings",
-    "DetectionSettings": "anon_tasks.settings",
-    "MaskSettings": "anon_tasks.settings",
-    "OutputSettings": "anon_tasks.settings",
-    "Face": "anon_tasks.detections",
-    "CenterFaceDetector": "anon_tasks.detector",
-    "Anonymizer": "anon_tasks.anonymizer",
-    "AnonymizedImage": "anon_tasks.anonymizer",
-    "decode_image": "anon_tasks.codec",
-    "encode_image": "anon_tasks.codec",
-    "RunSettings": "anon_tasks.settings",
-    "Quality": "anon_tasks.settings",
-    "ImageRef": "anon_tasks.records",
-    "ManifestRow": "anon_tasks.records",
-    "RunSummary": "anon_tasks.records",
-    "list_images": "anon_tasks.tasks",
-    "detect_faces": "anon_tasks.tasks",
-    "mask_faces": "anon_tasks.tasks",
-    "write_images": "anon_tasks.tasks",
-    "scan_source": "anon_tasks.tasks",
-    "remove_stale_outputs": "anon_tasks.tasks",
-    "SkippedEntry": "anon_tasks.records",
-    "SidecarRefusedError": "anon_tasks.errors",
-    "UnreadableFileError": "anon_tasks.errors",
-    "UnsafePathError": "anon_tasks.errors",
+    "AnonTasksError": "anon_tasks.core.errors",
+    "ConfigurationError": "anon_tasks.core.errors",
+    "ImageError": "anon_tasks.core.errors",
+    "ImageDecodeError": "anon_tasks.core.errors",
+    "ImageEncodeError": "anon_tasks.core.errors",
+    "ImageTooLargeError": "anon_tasks.core.errors",
+    "ModelError": "anon_tasks.core.errors",
+    "ProviderError": "anon_tasks.core.errors",
+    "UnsupportedImageError": "anon_tasks.core.errors",
+    "AnonymizeMethod": "anon_tasks.core.settings",
+    "DetectionSettings": "anon_tasks.core.settings",
+    "MaskSettings": "anon_tasks.core.settings",
+    "OutputSettings": "anon_tasks.core.settings",
+    "Face": "anon_tasks.core.faces",
+    "CenterFaceDetector": "anon_tasks.detection.detector",
+    "Anonymizer": "anon_tasks.pipeline.anonymizer",
+    "AnonymizedImage": "anon_tasks.pipeline.anonymizer",
+    "decode_image": "anon_tasks.imaging.codec",
+    "encode_image": "anon_tasks.imaging.codec",
+    "RunSettings": "anon_tasks.core.settings",
+    "Quality": "anon_tasks.core.settings",
+    "ImageRef": "anon_tasks.core.records",
+    "ManifestRow": "anon_tasks.core.records",
+    "RunSummary": "anon_tasks.core.records",
+    "list_images": "anon_tasks.orchestration.tasks",
+    "detect_faces": "anon_tasks.orchestration.tasks",
+    "mask_faces": "anon_tasks.orchestration.tasks",
+    "write_images": "anon_tasks.orchestration.tasks",
+    "scan_source": "anon_tasks.orchestration.tasks",
+    "remove_stale_outputs": "anon_tasks.orchestration.tasks",
+    "SkippedEntry": "anon_tasks.core.records",
+    "SidecarRefusedError": "anon_tasks.core.errors",
+    "UnreadableFileError": "anon_tasks.core.errors",
+    "UnsafePathError": "anon_tasks.core.errors",
 }
 
 __all__ = [
@@ -88,11 +88,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from anon_tasks.anonymizer import AnonymizedImage, Anonymizer
-    from anon_tasks.codec import decode_image, encode_image
-    from anon_tasks.detections import Face
-    from anon_tasks.detector import CenterFaceDetector
-    from anon_tasks.errors import (
+    from anon_tasks.core.errors import (
         AnonTasksError,
         ConfigurationError,
         ImageDecodeError,
@@ -106,8 +102,9 @@ if TYPE_CHECKING:
         UnsafePathError,
         UnsupportedImageError,
     )
-    from anon_tasks.records import ImageRef, ManifestRow, RunSummary, SkippedEntry
-    from anon_tasks.settings import (
+    from anon_tasks.core.faces import Face
+    from anon_tasks.core.records import ImageRef, ManifestRow, RunSummary, SkippedEntry
+    from anon_tasks.core.settings import (
         AnonymizeMethod,
         DetectionSettings,
         MaskSettings,
@@ -115,7 +112,9 @@ if TYPE_CHECKING:
         Quality,
         RunSettings,
     )
-    from anon_tasks.tasks import (
+    from anon_tasks.detection.detector import CenterFaceDetector
+    from anon_tasks.imaging.codec import decode_image, encode_image
+    from anon_tasks.orchestration.tasks import (
         detect_faces,
         list_images,
         mask_faces,
@@ -123,6 +122,7 @@ if TYPE_CHECKING:
         scan_source,
         write_images,
     )
+    from anon_tasks.pipeline.anonymizer import AnonymizedImage, Anonymizer
 
 
 def __getattr__(name: str) -> Any:

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from anon_tasks.errors import AnonTasksError, ConfigurationError, ImageError
-from anon_tasks.records import RunSummary
-from anon_tasks.settings import (
+from anon_tasks.core.errors import AnonTasksError, ConfigurationError, ImageError
+from anon_tasks.core.records import RunSummary
+from anon_tasks.core.settings import (
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
@@ -28,7 +28,7 @@ from anon_tasks.settings import (
     RunSettings,
     build_settings,
 )
-from anon_tasks.storage import is_local
+from anon_tasks.storage.files import is_local
 
 logger = logging.getLogger("anon_tasks.cli")
 
@@ -123,7 +123,7 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from anon_tasks.progress import listening
+    from anon_tasks.pipeline.progress import listening
 
     with Progress(
         "[progress.description]{task.description}",
@@ -169,8 +169,8 @@ def run_file(args: argparse.Namespace) -> dict[str, Any]:
     The output is written in the format its extension names; with ``--method none`` the faces
     are reported and nothing is written.
     """
-    from anon_tasks.anonymizer import Anonymizer
-    from anon_tasks.paths import check_file_paths
+    from anon_tasks.datasets.paths import check_file_paths
+    from anon_tasks.pipeline.anonymizer import Anonymizer
 
     detection, masking, output, _ = settings_from_args(args)
     check_file_paths(args.source, args.dest)

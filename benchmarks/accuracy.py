@@ -81,9 +81,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def drawn_mask(shape_hw: tuple[int, int], faces: list, scale: float, ellipse: bool) -> np.ndarray:
-    """The pixels the blur mask replaces, exactly as anon_tasks.masking draws it."""
-    from anon_tasks.masking import masked_pixels
-    from anon_tasks.settings import MaskSettings
+    """The pixels the blur mask replaces, exactly as anon_tasks.imaging.masking draws it."""
+    from anon_tasks.core.settings import MaskSettings
+    from anon_tasks.imaging.masking import masked_pixels
 
     settings = MaskSettings(mask_scale=scale, ellipse=ellipse)
     return masked_pixels(shape_hw[0], shape_hw[1], faces, settings)
@@ -148,8 +148,8 @@ def run_flow(
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from anon_tasks.core.settings import DetectionSettings, RunSettings
     from anon_tasks.flows import anonymize_dataset
-    from anon_tasks.settings import DetectionSettings, RunSettings
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     work = Path(tempfile.mkdtemp(prefix="anon-accuracy-"))
@@ -165,7 +165,7 @@ def run_flow(
 
 def read_manifest_faces(manifest: Path, threshold: float) -> dict[str, list]:
     """The faces each manifest row reports above ``threshold``, landmarks included."""
-    from anon_tasks.detections import Face
+    from anon_tasks.core.faces import Face
 
     detections = {}
     for line in manifest.read_text().splitlines():
@@ -188,8 +188,8 @@ def reference_bgr_detections(
     """Detections of the default pass on BGR pixels, for comparison with the given reference."""
     import cv2
 
-    from anon_tasks.detector import CenterFaceDetector
-    from anon_tasks.settings import DetectionSettings
+    from anon_tasks.core.settings import DetectionSettings
+    from anon_tasks.detection.detector import CenterFaceDetector
 
     detector = CenterFaceDetector(DetectionSettings(device="cpu"))
     return {

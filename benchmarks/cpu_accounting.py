@@ -32,14 +32,14 @@ from _common import DEFAULT_DATASET, image_files, machine_description
 
 #: (label, module, owner attribute or None, function name), in the order the table shows them.
 STAGES = (
-    ("model (session.run)", "anon_tasks.runtime", "InferenceSession", "run"),
-    ("model input (resize, batch)", "anon_tasks.detector", None, "network_batch"),
-    ("output decoding and NMS", "anon_tasks.detector", None, "decode_outputs"),
-    ("Face values", "anon_tasks.detector", "FaceArrays", "to_faces"),
-    ("read and decode", "anon_tasks.anonymizer", "Anonymizer", "decode"),
-    ("mask", "anon_tasks.anonymizer", "Anonymizer", "mask"),
-    ("encode", "anon_tasks.anonymizer", "Anonymizer", "encode"),
-    ("write files", "anon_tasks.tasks", None, "write_bytes_atomic"),
+    ("model (session.run)", "anon_tasks.detection.runtime", "InferenceSession", "run"),
+    ("model input (resize, batch)", "anon_tasks.detection.detector", None, "network_batch"),
+    ("output decoding and NMS", "anon_tasks.detection.detector", None, "decode_outputs"),
+    ("Face values", "anon_tasks.detection.detector", "FaceArrays", "to_faces"),
+    ("read and decode", "anon_tasks.pipeline.anonymizer", "Anonymizer", "decode"),
+    ("mask", "anon_tasks.pipeline.anonymizer", "Anonymizer", "mask"),
+    ("encode", "anon_tasks.pipeline.anonymizer", "Anonymizer", "encode"),
+    ("write files", "anon_tasks.orchestration.tasks", None, "write_bytes_atomic"),
 )
 #: Stages the image work cannot do without, whatever runs them.
 IMAGE_STAGES = ("read and decode", "mask", "encode")
@@ -116,10 +116,10 @@ def main() -> None:
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from anon_tasks.concurrency import available_cores
-    from anon_tasks.detector import CenterFaceDetector
+    from anon_tasks.core.concurrency import available_cores
+    from anon_tasks.core.settings import DetectionSettings
+    from anon_tasks.detection.detector import CenterFaceDetector
     from anon_tasks.flows import anonymize_dataset
-    from anon_tasks.settings import DetectionSettings
 
     clock = _StageClock()
     clock.install()

@@ -36,8 +36,8 @@ from _common import (
 
 
 def library_seconds(files: list[Path], source: Path, dest: Path) -> float:
-    from anon_tasks.anonymizer import Anonymizer
-    from anon_tasks.settings import DetectionSettings
+    from anon_tasks.core.settings import DetectionSettings
+    from anon_tasks.pipeline.anonymizer import Anonymizer
 
     anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
     anonymizer.detector.detect(anonymizer.decode(files[0].read_bytes()).frames[0])  # warm up
@@ -79,8 +79,8 @@ def main() -> None:
         import prefect.settings as prefect_settings
         from prefect.testing.utilities import prefect_test_harness
 
+        from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
         from anon_tasks.flows import anonymize_dataset
-        from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings
 
         started = time.perf_counter()
         updates = {prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}

@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anon_tasks.detector import CenterFaceDetector
-from anon_tasks.settings import DetectionSettings
+from anon_tasks.core.settings import DetectionSettings
+from anon_tasks.detection.detector import CenterFaceDetector
 
 logger = logging.getLogger("gpu_check")
 
@@ -125,8 +125,8 @@ def shape_planning(device_id: int) -> list[dict[str, object]]:
     cuDNN algorithm-search option: what each new shape costs before it runs at speed."""
     import onnxruntime as ort
 
-    from anon_tasks.model import load_model_file, prepare_for_inference
-    from anon_tasks.runtime import _session_options
+    from anon_tasks.detection.model import load_model_file, prepare_for_inference
+    from anon_tasks.detection.runtime import _session_options
 
     model_bytes = prepare_for_inference(load_model_file(DetectionSettings().model_path).content)
     rows = []
@@ -160,7 +160,7 @@ def model_only(detector: CenterFaceDetector, seconds: float) -> list[dict[str, o
     """Images/s of the model alone: host batch in and out, then I/O binding on the device."""
     import onnxruntime as ort
 
-    from anon_tasks.detector import network_batch, network_size_wh
+    from anon_tasks.detection.detector import network_batch, network_size_wh
 
     session = detector._session
     rows = []
@@ -211,8 +211,8 @@ def write_dataset(folder: Path, count: int, shapes: list[tuple[int, int]]) -> li
 
 def _warm_anonymizer(device: str, source: Path, names: list[str]) -> Any:
     """An anonymizer on ``device`` whose session has run (CUDA initialised, kernels chosen)."""
-    from anon_tasks.anonymizer import Anonymizer
-    from anon_tasks.pipeline import detect_images
+    from anon_tasks.pipeline.anonymizer import Anonymizer
+    from anon_tasks.pipeline.stages import detect_images
 
     anonymizer = Anonymizer(detection=DetectionSettings(device=device))
     list(detect_images(anonymizer, str(source), _refs(names[:8]), {}))
@@ -220,17 +220,17 @@ def _warm_anonymizer(device: str, source: Path, names: list[str]) -> Any:
 
 
 def _refs(names: list[str]) -> list[Any]:
-    from anon_tasks.records import ImageRef
+    from anon_tasks.core.records import ImageRef
 
     return [ImageRef(relative_path=name, size_bytes=0, fingerprint=name) for name in names]
 
 
 def _run_pipeline(anonymizer: Any, source: Path, names: list[str], dest: Path) -> int:
     """The library pipeline the flow's tasks use over ``names``; returns the faces masked."""
-    from anon_tasks.concurrency import ordered_map, pipeline_threads
-    from anon_tasks.detections import faces_above
-    from anon_tasks.pipeline import detect_images
-    from anon_tasks.storage import write_bytes_atomic
+    from anon_tasks.core.concurrency import ordered_map, pipeline_threads
+    from anon_tasks.core.faces import faces_above
+    from anon_tasks.pipeline.stages import detect_images
+    from anon_tasks.storage.files import write_bytes_atomic
 
     threads = pipeline_threads()
 
@@ -252,7 +252,7 @@ def end_to_end(
 ) -> dict[str, object]:
     """Images/s of the library pipeline in this process: read and decode on a thread pool,
     detect (same-size batches), mask and encode on a thread pool, write."""
-    from anon_tasks.concurrency import pipeline_threads
+    from anon_tasks.core.concurrency import pipeline_threads
 
     anonymizer = _warm_anonymizer(device, source, names)
     before = sys.getswitchinterval()
@@ -336,9 +336,9 @@ def stage_rates(device: str, source: Path, names: list[str]) -> dict[str, object
     """Images/s of each stage alone, in this process: read and decode on the stage's threads;
     detection of decoded images (batches, decoding of outputs, Face values); mask, encode and
     write on the stage's threads."""
-    from anon_tasks.concurrency import ordered_map, pipeline_threads
-    from anon_tasks.detections import faces_above
-    from anon_tasks.pipeline import fetch_and_decode
+    from anon_tasks.core.concurrency import ordered_map, pipeline_threads
+    from anon_tasks.core.faces import faces_above
+    from anon_tasks.pipeline.stages import fetch_and_decode
 
     anonymizer = _warm_anonymizer(device, source, names)
     threads = pipeline_threads()
@@ -450,7 +450,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import onnxruntime
 
-    from anon_tasks import detector as detector_module
+    from anon_tasks.detection import detector as detector_module
 
     report: dict[str, object] = {
         "onnxruntime": onnxruntime.__version__,

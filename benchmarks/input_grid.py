@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DEFAULT_DATASET, image_files, machine_description
 
-from anon_tasks.codec import decode_image, to_detector_rgb
-from anon_tasks.detector import CenterFaceDetector, FaceArrays, network_size_wh
-from anon_tasks.settings import DetectionSettings
+from anon_tasks.core.settings import DetectionSettings
+from anon_tasks.detection.detector import CenterFaceDetector, FaceArrays, network_size_wh
+from anon_tasks.imaging.codec import decode_image, to_detector_rgb
 
 #: Corners further apart than this are different faces, not the same one moved.
 SAME_FACE_PX = 8.0

@@ -29,8 +29,8 @@ def measure_one(quality: str) -> dict[str, object]:
     """Detect faces in the scaled photo with one quality mode, in this process."""
     import cv2
 
-    from anon_tasks.detector import CenterFaceDetector
-    from anon_tasks.settings import DetectionSettings, Quality
+    from anon_tasks.core.settings import DetectionSettings, Quality
+    from anon_tasks.detection.detector import CenterFaceDetector
 
     detector = CenterFaceDetector(DetectionSettings(device="cpu"))
     rgb = cv2.cvtColor(cv2.imread(str(PHOTO), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -31,8 +31,8 @@ def main() -> None:
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
     from anon_tasks.flows import anonymize_dataset
-    from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings
 
     updates = {prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     cases = [

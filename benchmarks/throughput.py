@@ -73,7 +73,7 @@ def case_floor_side_by_side(files: list[Path]) -> dict[str, object]:
     """The bare model, single-threaded runs side by side, one per core (inputs built first)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from anon_tasks.concurrency import available_cores
+    from anon_tasks.core.concurrency import available_cores
 
     session, name = bare_session(1)
     blobs = [reference_blob(path) for path in files]
@@ -85,8 +85,8 @@ def case_floor_side_by_side(files: list[Path]) -> dict[str, object]:
 
 
 def case_library(files: list[Path], source: Path) -> dict[str, object]:
-    from anon_tasks.anonymizer import Anonymizer
-    from anon_tasks.settings import DetectionSettings
+    from anon_tasks.core.settings import DetectionSettings
+    from anon_tasks.pipeline.anonymizer import Anonymizer
 
     anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
     anonymizer.detector.detect(anonymizer.decode(files[0].read_bytes()).frames[0])  # warm-up
@@ -103,15 +103,15 @@ def case_deface(files: list[Path]) -> dict[str, object]:
 
 def _warm_up_model() -> None:
     """Build the ONNX session before the clock, as a long-lived worker process has it."""
-    from anon_tasks.detector import CenterFaceDetector
-    from anon_tasks.settings import DetectionSettings
+    from anon_tasks.core.settings import DetectionSettings
+    from anon_tasks.detection.detector import CenterFaceDetector
 
     CenterFaceDetector(DetectionSettings(device="cpu"))
 
 
 def _run_flow(source: Path) -> dict[str, object]:
+    from anon_tasks.core.settings import DetectionSettings
     from anon_tasks.flows import anonymize_dataset
-    from anon_tasks.settings import DetectionSettings
 
     with tempfile.TemporaryDirectory(prefix="anon-throughput-") as dest:
         started = time.perf_counter()

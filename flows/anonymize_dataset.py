@@ -35,13 +35,28 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque, quote
 
-from anon_tasks import __version__
-from anon_tasks.cache_keys import render_key
-from anon_tasks.dataset import file_fingerprints
-from anon_tasks.detections import faces_above
-from anon_tasks.devices import available_devices, device_slots
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.manifest import (
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.faces import faces_above
+from anon_tasks.core.records import (
+    ImageRef,
+    ImageStatus,
+    ManifestRow,
+    RunSummary,
+    ShardDetections,
+    SkippedEntry,
+)
+from anon_tasks.core.settings import (
+    BLOCK_SLUG,
+    AnonymizeMethod,
+    DetectionSettings,
+    MaskSettings,
+    OutputSettings,
+    RunSettings,
+)
+from anon_tasks.core.version import __version__
+from anon_tasks.datasets.keys import render_key
+from anon_tasks.datasets.listing import file_fingerprints
+from anon_tasks.datasets.manifest import (
     DEFAULT_CACHE_DIR,
     MANIFEST_DIR,
     STAGING_DIR,
@@ -53,39 +68,13 @@ from anon_tasks.manifest import (
     write_journal,
     write_manifest,
 )
-from anon_tasks.memory import limit_heap_growth
-from anon_tasks.model import load_model_file
-from anon_tasks.outputs import produced_paths
-from anon_tasks.paths import check_dataset_paths
-from anon_tasks.planning import up_to_date_rows
-from anon_tasks.progress import report_progress
-from anon_tasks.records import (
-    ImageRef,
-    ImageStatus,
-    ManifestRow,
-    RunSummary,
-    ShardDetections,
-    SkippedEntry,
-)
-from anon_tasks.settings import (
-    BLOCK_SLUG,
-    AnonymizeMethod,
-    DetectionSettings,
-    MaskSettings,
-    OutputSettings,
-    RunSettings,
-)
-from anon_tasks.sharding import partition_of, stable_shards
-from anon_tasks.storage import (
-    is_local,
-    join_url,
-    local_path,
-    location_within,
-    redact_url,
-    remove_stale_staging_files,
-    write_bytes_atomic,
-)
-from anon_tasks.tasks import (
+from anon_tasks.datasets.outputs import produced_paths
+from anon_tasks.datasets.paths import check_dataset_paths
+from anon_tasks.datasets.planning import up_to_date_rows
+from anon_tasks.datasets.sharding import partition_of, stable_shards
+from anon_tasks.detection.devices import available_devices, device_slots
+from anon_tasks.detection.model import load_model_file
+from anon_tasks.orchestration.tasks import (
     MaskedShard,
     detect_faces,
     mask_faces,
@@ -93,6 +82,17 @@ from anon_tasks.tasks import (
     scan_source,
     storage_options_for,
     write_images,
+)
+from anon_tasks.pipeline.memory import limit_heap_growth
+from anon_tasks.pipeline.progress import report_progress
+from anon_tasks.storage.files import (
+    is_local,
+    join_url,
+    local_path,
+    location_within,
+    redact_url,
+    remove_stale_staging_files,
+    write_bytes_atomic,
 )
 
 __all__ = ["DATASET_EVENT", "announce_dataset", "anonymize_dataset", "check_paths", "finish_state"]
@@ -106,7 +106,7 @@ class _WithoutRawParameters(logging.Filter):
 
     Prefect appends ``Parameters: {...}`` to that error line: a refused secret in
     ``run.storage_options`` would be repeated there. The validation errors themselves are
-    already free of secret values (``anon_tasks.settings`` hides them).
+    already free of secret values (``anon_tasks.core.settings`` hides them).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -124,7 +124,7 @@ def check_paths(source: str, dest: str, run: RunSettings) -> None:
     """Refuse, before any work, a run that would read nothing or write into the source.
 
     Raises:
-        ConfigurationError: See ``anon_tasks.paths.check_dataset_paths``; names the field.
+        ConfigurationError: See ``anon_tasks.datasets.paths.check_dataset_paths``; names the field.
     """
     check_dataset_paths(
         source,

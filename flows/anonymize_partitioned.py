@@ -19,13 +19,13 @@ from prefect.deployments import run_deployment
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from anon_tasks.errors import AnonTasksError
+from anon_tasks.core.errors import AnonTasksError
+from anon_tasks.core.records import ManifestRow, RunSummary
+from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.datasets.manifest import read_manifest, summary_url, write_manifest
 from anon_tasks.flows.anonymize_dataset import announce_dataset, check_paths, finish_state
-from anon_tasks.manifest import read_manifest, summary_url, write_manifest
-from anon_tasks.records import ManifestRow, RunSummary
-from anon_tasks.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
-from anon_tasks.storage import read_bytes
-from anon_tasks.tasks import storage_options_for
+from anon_tasks.orchestration.tasks import storage_options_for
+from anon_tasks.storage.files import read_bytes
 
 __all__ = ["DEFAULT_DEPLOYMENT", "PartitionFailedError", "anonymize_partitioned"]
 

@@ -45,7 +45,7 @@ def camera_gray() -> np.ndarray:
 @pytest.fixture
 def model_inputs(monkeypatch) -> list[tuple[int, ...]]:
     """Shapes of every model input from here on (NHWC), in the order the model ran them."""
-    from anon_tasks.runtime import InferenceSession
+    from anon_tasks.detection.runtime import InferenceSession
 
     shapes: list[tuple[int, ...]] = []
     real_run = InferenceSession.run

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.codec import decode_image, to_detector_rgb
-from anon_tasks.detections import Face
-from anon_tasks.detector import CenterFaceDetector
-from anon_tasks.errors import ImageDecodeError, ImageError, ImageTooLargeError
-from anon_tasks.masking import clip_box_px, masked_pixels, scaled_box
-from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+from anon_tasks.core.errors import ImageDecodeError, ImageError, ImageTooLargeError
+from anon_tasks.core.faces import Face
+from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+from anon_tasks.detection.detector import CenterFaceDetector
+from anon_tasks.imaging.codec import decode_image, to_detector_rgb
+from anon_tasks.imaging.masking import clip_box_px, masked_pixels, scaled_box
+from anon_tasks.pipeline.anonymizer import Anonymizer
 from tests.conftest import shared_path
 
 FACE = "face"  # anonymised; the detector finds at least one face and it is masked

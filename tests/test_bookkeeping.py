@@ -7,14 +7,14 @@ import os
 
 import numpy as np
 
-from anon_tasks.cache_keys import detection_key
-from anon_tasks.codec import DecodedImage
-from anon_tasks.dataset import file_fingerprints, list_dataset
-from anon_tasks.decoded_cache import DecodedCache
-from anon_tasks.manifest import read_manifest, write_manifest
-from anon_tasks.planning import up_to_date_rows
-from anon_tasks.records import ImageRef, ImageStatus, ManifestRow
-from anon_tasks.settings import DetectionSettings, OutputSettings
+from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
+from anon_tasks.core.settings import DetectionSettings, OutputSettings
+from anon_tasks.datasets.keys import detection_key
+from anon_tasks.datasets.listing import file_fingerprints, list_dataset
+from anon_tasks.datasets.manifest import read_manifest, write_manifest
+from anon_tasks.datasets.planning import up_to_date_rows
+from anon_tasks.imaging.codec import DecodedImage
+from anon_tasks.pipeline.decoded_cache import DecodedCache
 
 
 def make_tree(root, files: dict[str, bytes]) -> None:
@@ -150,7 +150,7 @@ def test_decoded_cache_drops_images_whose_mask_task_never_came() -> None:
 
 
 def test_stale_staging_files_are_removed_and_fresh_ones_kept(tmp_path) -> None:
-    from anon_tasks.storage import TEMP_PREFIX, remove_stale_staging_files
+    from anon_tasks.storage.files import TEMP_PREFIX, remove_stale_staging_files
 
     old = tmp_path / f"{TEMP_PREFIX}crashed"
     fresh = tmp_path / f"{TEMP_PREFIX}writing"

@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 from PIL import Image
 from prefect import flow
 
-from anon_tasks import tasks as anon_task_module
-from anon_tasks.decoded_cache import DecodedCache
+from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
+from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+from anon_tasks.datasets.planning import RACY_WINDOW_NS, is_racy, is_up_to_date
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.planning import RACY_WINDOW_NS, is_racy, is_up_to_date
-from anon_tasks.records import ImageRef, ImageStatus, ManifestRow
-from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings
-from anon_tasks.storage import local_fingerprint
-from anon_tasks.tasks import detect_faces, mask_faces, scan_source, write_images
+from anon_tasks.orchestration import tasks as anon_task_module
+from anon_tasks.orchestration.tasks import detect_faces, mask_faces, scan_source, write_images
+from anon_tasks.pipeline.decoded_cache import DecodedCache
+from anon_tasks.storage.files import local_fingerprint
 from tests.faces import ASTRONAUT_FACE_XYXY, MIRRORED_FACE_XYXY, face_hidden, face_visible
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -216,8 +216,8 @@ def test_a_fingerprint_taken_in_the_tick_of_a_change_is_racy() -> None:
 
 def test_write_images_refuses_bytes_not_bound_to_masking(tmp_path, astronaut_rgb) -> None:
     """The tasks are public: a hand-built value holding the source's own bytes is refused."""
-    from anon_tasks.detections import Face
-    from anon_tasks.tasks import MaskedImage, MaskedShard
+    from anon_tasks.core.faces import Face
+    from anon_tasks.orchestration.tasks import MaskedImage, MaskedShard
 
     source, dest = tmp_path / "raw", tmp_path / "clean"
     source.mkdir()

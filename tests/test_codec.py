@@ -1,4 +1,4 @@
-"""Tests for anon_tasks.codec: the awkward corpus, orientation, metadata, bit depth and frames."""
+"""Tests for the image codec: the awkward corpus, orientation, metadata, bit depth and frames."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
-from anon_tasks.codec import (
+from anon_tasks.core.errors import (
+    ImageDecodeError,
+    ImageEncodeError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+from anon_tasks.core.settings import OutputSettings
+from anon_tasks.imaging.codec import (
     DecodedImage,
     color_channel_count,
     decode_image,
@@ -27,14 +35,6 @@ from anon_tasks.codec import (
     to_detector_rgb,
     with_frames,
 )
-from anon_tasks.errors import (
-    ImageDecodeError,
-    ImageEncodeError,
-    ImageError,
-    ImageTooLargeError,
-    UnsupportedImageError,
-)
-from anon_tasks.settings import OutputSettings
 from tests.conftest import shared_path
 
 DEFAULT = OutputSettings()
@@ -279,7 +279,7 @@ def test_container_orientation_follows_browsers(name: str, fix: object) -> None:
 
 
 def test_corrupt_exif_is_logged_and_read_as_upright(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="anon_tasks.codec"):
+    with caplog.at_level(logging.WARNING, logger="anon_tasks.imaging.codec"):
         image = decode_awkward("hopper_bad_exif.jpg")
     assert image.frames[0].shape == (500, 500)
     assert any("Corrupt EXIF" in record.getMessage() for record in caplog.records)
@@ -435,7 +435,7 @@ def test_bmp_is_written_as_pillow_reads_it(astronaut_rgb: np.ndarray, mode: str)
 
 
 def test_a_face_in_a_bmp_is_masked_in_a_bmp(astronaut_rgb: np.ndarray) -> None:
-    from anon_tasks.anonymizer import Anonymizer
+    from anon_tasks.pipeline.anonymizer import Anonymizer
 
     result = Anonymizer().anonymize_bytes(pil_bytes(Image.fromarray(astronaut_rgb), "BMP"))
     assert result.format == "BMP"

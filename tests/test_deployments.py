@@ -121,7 +121,7 @@ def prefect_cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
 PARENT = """
 import json, sys
 from anon_tasks.flows import anonymize_partitioned
-from anon_tasks.settings import RunSettings
+from anon_tasks.core.settings import RunSettings
 state = anonymize_partitioned(
     sys.argv[1], sys.argv[2], partitions=2, deployment="anonymize-dataset/gpu",
     run=RunSettings(shard_size=2), timeout_seconds=240, return_state=True,

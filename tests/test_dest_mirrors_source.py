@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from anon_tasks.core.settings import DetectionSettings, RunSettings
+from anon_tasks.datasets.sharding import partition_of
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.settings import DetectionSettings, RunSettings
-from anon_tasks.sharding import partition_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -166,7 +166,7 @@ def test_an_output_replaced_by_the_user_or_outside_dest_is_never_deleted(
 
 
 def test_an_empty_or_unreachable_source_never_deletes_every_output(tmp_path, small_photos) -> None:
-    from anon_tasks.errors import ConfigurationError
+    from anon_tasks.core.errors import ConfigurationError
 
     source, dest = tmp_path / "raw", tmp_path / "clean"
     write_dataset(source, small_photos, ["a.png", "b.png"])

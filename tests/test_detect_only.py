@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from anon_tasks import cli
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.errors import ConfigurationError
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings, RunSettings
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings, RunSettings
+from anon_tasks.pipeline.anonymizer import Anonymizer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

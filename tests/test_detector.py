@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from anon_tasks.detector import SCORE_FLOOR, CenterFaceDetector, FaceArrays, nms_xyxy
-from anon_tasks.settings import DetectionSettings
+from anon_tasks.core.settings import DetectionSettings
+from anon_tasks.detection.detector import SCORE_FLOOR, CenterFaceDetector, FaceArrays, nms_xyxy
 from tests.conftest import shared_path
 
 THRESHOLD = 0.4
@@ -158,7 +158,7 @@ def test_batch_gives_the_boxes_of_single_images(detector, astronaut_rgb) -> None
 
 
 def test_balanced_quality_is_the_reference_pass_under_the_budget(detector, astronaut_rgb) -> None:
-    from anon_tasks.settings import Quality
+    from anon_tasks.core.settings import Quality
 
     plain = detector.detect(astronaut_rgb, score_floor=0.05)
     balanced = detector.detect_quality(astronaut_rgb, Quality.BALANCED, score_floor=0.05)
@@ -170,7 +170,7 @@ def test_thorough_finds_what_balanced_finds_and_small_faces_too(detector, astron
     """A crowd of small astronauts: 2x tiles find faces the single pass misses."""
     import cv2
 
-    from anon_tasks.settings import Quality
+    from anon_tasks.core.settings import Quality
 
     small = cv2.resize(astronaut_rgb, (48, 48), interpolation=cv2.INTER_AREA)
     crowd = np.ascontiguousarray(np.tile(small, (6, 10, 1)))  # 60 faces of about 9 px
@@ -186,8 +186,8 @@ def test_thorough_finds_what_balanced_finds_and_small_faces_too(detector, astron
 
 
 def test_tiles_find_a_face_cut_by_a_tile_border(detector, astronaut_rgb, monkeypatch) -> None:
-    from anon_tasks import detector as detector_module
-    from anon_tasks.settings import Quality
+    from anon_tasks.core.settings import Quality
+    from anon_tasks.detection import detector as detector_module
 
     # Force tiling at 1x: the astronaut's face (x 181-270) straddles the border at x=224.
     monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 10_000)
@@ -204,7 +204,7 @@ def test_tiles_find_a_face_cut_by_a_tile_border(detector, astronaut_rgb, monkeyp
 def test_fast_quality_bounds_the_inference_size(detector, astronaut_rgb) -> None:
     import cv2
 
-    from anon_tasks.settings import Quality
+    from anon_tasks.core.settings import Quality
 
     big = cv2.resize(astronaut_rgb, (2048, 2048))
     before = detector.inference_count
@@ -222,8 +222,8 @@ def test_every_pass_is_bounded_by_the_tile_above_the_budgets(
     memory of a 50 MP photo is that of a 1 MP one (figures: benchmarks/large_image.py)."""
     import cv2
 
-    from anon_tasks import detector as detector_module
-    from anon_tasks.settings import Quality
+    from anon_tasks.core.settings import Quality
+    from anon_tasks.detection import detector as detector_module
 
     # Budgets scaled down 100x so a 2,560 x 2,560 photo stands for a 50 MP one.
     monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 400_000)
@@ -243,7 +243,7 @@ def test_a_cuda_canvas_finds_the_faces_of_the_reference(detector, reference, mon
     """On CUDA images run on a canvas with sides in multiples of 64 px (fewer input shapes to
     plan), black right of and below the network-sized image: the faces stay the reference's.
     Checked on WIDER crowds whose network sizes are not already on that grid."""
-    from anon_tasks import detector as detector_module
+    from anon_tasks.detection import detector as detector_module
 
     grid = detector_module.CUDA_CANVAS_GRID_PX
     monkeypatch.setattr(CenterFaceDetector, "canvas_grid_px", property(lambda self: grid))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_tasks.devices import DeviceBusyError, available_devices, device_lease
-from anon_tasks.workers import worker_specs
+from anon_tasks.detection.devices import DeviceBusyError, available_devices, device_lease
+from anon_tasks.orchestration.workers import worker_specs
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def lock_dir(tmp_path, monkeypatch):
 def test_available_devices(monkeypatch, env, requested, expected) -> None:
     if env:
         monkeypatch.setenv("ANON_TASKS_DEVICES", env)
-    from anon_tasks.runtime import cuda_unavailable_reason
+    from anon_tasks.detection.runtime import cuda_unavailable_reason
 
     if not env and cuda_unavailable_reason() is None:
         pytest.skip("this host has CUDA: auto lists its GPUs")
@@ -46,7 +46,7 @@ def test_available_devices(monkeypatch, env, requested, expected) -> None:
 
 HOLDER = """
 import sys, time
-from anon_tasks.devices import device_lease
+from anon_tasks.detection.devices import device_lease
 with device_lease([sys.argv[1]]) as device:
     print("held", device, flush=True)
     time.sleep(120)
@@ -130,7 +130,7 @@ def test_device_slots_let_that_many_runs_share_a_device(monkeypatch) -> None:
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "65"])
 def test_device_slots_refuse_nonsense(monkeypatch, value) -> None:
-    from anon_tasks.errors import ConfigurationError
+    from anon_tasks.core.errors import ConfigurationError
 
     monkeypatch.setenv("ANON_TASKS_DEVICE_SLOTS", value)
     with (
@@ -161,8 +161,8 @@ def test_a_worker_taking_n_runs_lets_them_share_its_gpu() -> None:
 
 @pytest.mark.usefixtures("prefect_api")
 def test_shards_spread_over_every_device(monkeypatch, tmp_path, astronaut_rgb) -> None:
+    from anon_tasks.core.settings import DetectionSettings, RunSettings
     from anon_tasks.flows import anonymize_dataset
-    from anon_tasks.settings import DetectionSettings, RunSettings
 
     monkeypatch.setenv("ANON_TASKS_DEVICES", "cpu:0,cpu:1")
     source = tmp_path / "raw"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from anon_tasks.core.settings import DetectionSettings, RunSettings
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.settings import DetectionSettings, RunSettings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_tasks.settings import DetectionSettings, RunSettings
+from anon_tasks.core.settings import DetectionSettings, RunSettings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -23,7 +23,7 @@ IMAGES = 12
 RUNNER = """
 import sys
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.settings import DetectionSettings, RunSettings
+from anon_tasks.core.settings import DetectionSettings, RunSettings
 anonymize_dataset(sys.argv[1], sys.argv[2], DetectionSettings(device="cpu"),
                   run=RunSettings(shard_size=2, caption_note="faces are blurred"))
 """

@@ -11,16 +11,16 @@ from PIL import Image
 from prefect import flow
 from prefect.utilities.callables import parameter_schema
 
-from anon_tasks.detector import SCORE_FLOOR
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.flows import anonymize_dataset
-from anon_tasks.records import ManifestRow, RunSummary
-from anon_tasks.settings import (
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.records import ManifestRow, RunSummary
+from anon_tasks.core.settings import (
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
     RunSettings,
 )
+from anon_tasks.detection.detector import SCORE_FLOOR
+from anon_tasks.flows import anonymize_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -123,7 +123,7 @@ def test_first_run_writes_every_image_and_a_manifest(dataset, tmp_path) -> None:
 
 def test_largest_shards_are_detected_first(dataset, tmp_path, monkeypatch) -> None:
     """The smallest shard goes last: its masking and writing are what no detection overlaps."""
-    from anon_tasks import tasks
+    from anon_tasks.orchestration import tasks
 
     sizes: list[int] = []
     real_detect_images = tasks.detect_images
@@ -276,7 +276,7 @@ def test_ui_form_schema_has_the_method_dropdown_and_descriptions() -> None:
 
 
 def test_tasks_in_a_users_flow_and_a_file_removed_after_listing(dataset, tmp_path) -> None:
-    from anon_tasks.tasks import detect_faces, list_images, mask_faces, write_images
+    from anon_tasks.orchestration.tasks import detect_faces, list_images, mask_faces, write_images
 
     @flow
     def my_flow(source: str, dest: str) -> list[ManifestRow]:

@@ -2,7 +2,7 @@
 
 Both keys are derived from the settings models themselves. These tests walk every field of
 every settings model, so a field added tomorrow fails here until it either changes the keys or
-is declared neutral in ``anon_tasks.cache_keys``.
+is declared neutral in ``anon_tasks.datasets.keys``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from anon_tasks.cache_keys import (
+from anon_tasks.core.records import ImageRef, SidecarRef
+from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.datasets.keys import (
     DETECTION_NEUTRAL_FIELDS,
     OUTPUT_NEUTRAL_FIELDS,
     detection_key,
     render_key,
 )
-from anon_tasks.detector import SCORE_FLOOR
-from anon_tasks.records import ImageRef, SidecarRef
-from anon_tasks.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.detection.detector import SCORE_FLOOR
 
 MODELS: tuple[type[BaseModel], ...] = (DetectionSettings, MaskSettings, OutputSettings, RunSettings)
 IMAGE = ImageRef(

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anon_tasks.dataset import file_fingerprints, list_dataset, scan_dataset
-from anon_tasks.formats import SNIFF_BYTES, SUFFIX_FORMATS
-from anon_tasks.records import ImageRef, SkippedEntry
-from anon_tasks.storage import safe_relative_path
+from anon_tasks.core.formats import SNIFF_BYTES, SUFFIX_FORMATS
+from anon_tasks.core.records import ImageRef, SkippedEntry
+from anon_tasks.datasets.listing import file_fingerprints, list_dataset, scan_dataset
+from anon_tasks.storage.files import safe_relative_path
 
 SCAN_SECONDS = 20.0
 TEXT = b"a caption, not an image\n"
@@ -204,8 +204,8 @@ def test_a_fifo_named_like_an_image_never_hangs_and_is_never_opened(tmp_path) ->
 
 
 def test_a_fifo_swapped_in_after_listing_is_refused_without_blocking(tmp_path) -> None:
-    from anon_tasks.dataset import _read_local_head
-    from anon_tasks.errors import UnreadableFileError
+    from anon_tasks.core.errors import UnreadableFileError
+    from anon_tasks.datasets.listing import _read_local_head
 
     os.mkfifo(tmp_path / "IMG_0003")
     outcome: list[BaseException] = []
@@ -233,7 +233,7 @@ def test_names_that_are_not_utf8_are_skipped_with_escapes(tmp_path, caplog) -> N
     os.close(os.open(root + b"/d\xff/inside.jpg", os.O_CREAT | os.O_WRONLY))
     os.symlink(b"caf\xe9.jpg", root + b"/link\xfe.jpg")
     write(tmp_path / "ok.jpg", b"1")
-    caplog.set_level("DEBUG", logger="anon_tasks.dataset")
+    caplog.set_level("DEBUG", logger="anon_tasks.datasets.listing")
     entries = scan(tmp_path)
     assert list(images_of(entries)) == ["ok.jpg"]
     assert skipped_of(entries) == {

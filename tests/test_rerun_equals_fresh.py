@@ -17,9 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from prefect import flow
 
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.flows import anonymize_dataset
-from anon_tasks.settings import (
+from anon_tasks.core.settings import (
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
@@ -27,6 +25,8 @@ from anon_tasks.settings import (
     Quality,
     RunSettings,
 )
+from anon_tasks.flows import anonymize_dataset
+from anon_tasks.pipeline.anonymizer import Anonymizer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -93,7 +93,7 @@ def test_rerun_with_changed_settings_equals_a_fresh_run(
 
 def test_masking_never_creates_a_model_session(small_dataset, tmp_path, monkeypatch) -> None:
     """Masking reads detections; only a file that changed since detection runs the model."""
-    from anon_tasks import tasks
+    from anon_tasks.orchestration import tasks
 
     @flow
     def detect_then_mask(raising: bool) -> int:

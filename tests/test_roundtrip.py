@@ -27,9 +27,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageSequence
 
-from anon_tasks.codec import DecodedImage, decode_image, encode_image, with_frames
-from anon_tasks.errors import ImageDecodeError, ImageError, UnsupportedImageError
-from anon_tasks.settings import OutputSettings
+from anon_tasks.core.errors import ImageDecodeError, ImageError, UnsupportedImageError
+from anon_tasks.core.settings import OutputSettings
+from anon_tasks.imaging.codec import DecodedImage, decode_image, encode_image, with_frames
 
 DEFAULT = OutputSettings()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

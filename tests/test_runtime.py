@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from anon_tasks import runtime
-from anon_tasks.errors import ProviderError
-from anon_tasks.model import load_model_file
-from anon_tasks.runtime import DeviceSpec, cuda_unavailable_reason, get_session
-from anon_tasks.settings import DetectionSettings
+from anon_tasks.core.errors import ProviderError
+from anon_tasks.core.settings import DetectionSettings
+from anon_tasks.detection import runtime
+from anon_tasks.detection.model import load_model_file
+from anon_tasks.detection.runtime import DeviceSpec, cuda_unavailable_reason, get_session
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,7 @@ def test_device_spec_rejects(text: str) -> None:
 
 
 def test_auto_reports_the_provider_it_really_got(caplog, capfd) -> None:
-    caplog.set_level(logging.INFO, logger="anon_tasks.runtime")
+    caplog.set_level(logging.INFO, logger="anon_tasks.detection.runtime")
     session = runtime._build_session(load_model_file(), DeviceSpec("auto"), threads=1)
     assert session.provider == session.session.get_providers()[0]
     lines = [r.getMessage() for r in caplog.records if "face detector on" in r.getMessage()]
@@ -70,7 +70,7 @@ def test_gate_lets_shared_holders_overlap_and_exclusive_ones_run_alone() -> None
     import threading
     import time
 
-    from anon_tasks.runtime import SharedExclusiveGate
+    from anon_tasks.detection.runtime import SharedExclusiveGate
 
     gate = SharedExclusiveGate()
     lock = threading.Lock()
@@ -103,7 +103,7 @@ def test_gate_lets_shared_holders_overlap_and_exclusive_ones_run_alone() -> None
 def test_single_threaded_cpu_runs_equal_multi_threaded_ones_bit_for_bit(astronaut_rgb) -> None:
     """One image per core with single-threaded runs gives the same outputs as all cores on
     one image: the choice of thread layout never changes a detection."""
-    from anon_tasks.detector import network_batch, network_size_wh
+    from anon_tasks.detection.detector import network_batch, network_size_wh
 
     model = load_model_file()
     single = get_session(model, DeviceSpec("cpu"), intra_op_threads=1)
@@ -116,8 +116,8 @@ def test_single_threaded_cpu_runs_equal_multi_threaded_ones_bit_for_bit(astronau
 
 
 def test_cpu_detector_runs_small_images_side_by_side_and_large_ones_alone(monkeypatch) -> None:
-    from anon_tasks import detector as detector_module
-    from anon_tasks.detector import CenterFaceDetector
+    from anon_tasks.detection import detector as detector_module
+    from anon_tasks.detection.detector import CenterFaceDetector
 
     monkeypatch.setattr(detector_module, "available_cores", lambda: 4)
     detector = CenterFaceDetector(DetectionSettings(device="cpu"))

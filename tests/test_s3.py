@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_tasks.settings import DetectionSettings, RunSettings
+from anon_tasks.core.settings import DetectionSettings, RunSettings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -190,7 +190,7 @@ def test_secrets_are_refused_as_plain_parameters() -> None:
 
 
 def test_listing_is_paged(s3, s3_endpoint) -> None:
-    from anon_tasks.dataset import list_dataset
+    from anon_tasks.datasets.listing import list_dataset
 
     for index in range(2350):  # three pages of list_objects_v2
         s3.pipe(f"{BUCKET}/many/{index:05d}.jpg", b"x")
@@ -277,8 +277,8 @@ def test_result_storage_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
 
 
 def test_scan_classifies_objects_from_the_listing(s3, s3_endpoint) -> None:
-    from anon_tasks.dataset import scan_dataset
-    from anon_tasks.records import ImageRef
+    from anon_tasks.core.records import ImageRef
+    from anon_tasks.datasets.listing import scan_dataset
 
     jpeg_head = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200)
     objects = {
@@ -321,9 +321,9 @@ def test_invariants_hold_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
     s3a:// is the same bucket as s3:// for the overlap check: on an object store too."""
     import base64
 
-    from anon_tasks.errors import ConfigurationError
+    from anon_tasks.core.errors import ConfigurationError
+    from anon_tasks.core.settings import AnonymizeMethod, MaskSettings
     from anon_tasks.flows import anonymize_dataset
-    from anon_tasks.settings import AnonymizeMethod, MaskSettings
 
     def png(image: np.ndarray) -> bytes:
         buffer = io.BytesIO()
@@ -381,7 +381,7 @@ def test_object_store_mistakes_are_refused_before_any_work(s3, s3_endpoint, astr
     storage block that stores inside the source is refused like a URL would be."""
     from prefect.filesystems import RemoteFileSystem
 
-    from anon_tasks.errors import ConfigurationError
+    from anon_tasks.core.errors import ConfigurationError
     from anon_tasks.flows import anonymize_dataset
 
     options = {"endpoint_url": s3_endpoint}

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.settings import (
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.settings import (
     DetectionSettings,
     RunSettings,
     build_settings,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.settings import (
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.settings import (
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anon_tasks.sharding import stable_shards
+from anon_tasks.datasets.sharding import stable_shards
 
 
 def shard(paths: list[str], size: int) -> list[list[str]]:

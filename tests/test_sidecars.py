@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anon_tasks.captions import (
+from anon_tasks.core.errors import SidecarRefusedError
+from anon_tasks.datasets.captions import (
     BASE64_RUN_LIMIT,
     MAX_JSON_DEPTH,
     NUMERIC_RUN_LIMIT,
@@ -29,7 +30,6 @@ from anon_tasks.captions import (
     add_caption_note,
     sanitize_sidecar,
 )
-from anon_tasks.errors import SidecarRefusedError
 
 NOTE = "faces are blurred"
 

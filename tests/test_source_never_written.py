@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from anon_tasks import cli
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.paths import check_dataset_paths, check_file_paths
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.datasets.paths import check_dataset_paths, check_file_paths
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -96,7 +96,7 @@ def test_object_store_overlap_is_refused_across_url_spellings(source, dest) -> N
     ("source", "dest"), [("s3://bucket/raw", "s3://bucket/raw2"), ("s3://a/raw", "s3a://b/raw")]
 )
 def test_neighbouring_prefixes_are_not_overlaps(source, dest, monkeypatch) -> None:
-    from anon_tasks import paths
+    from anon_tasks.datasets import paths
 
     reached = []  # no store here: the overlap check passes, and the store is asked next
     monkeypatch.setattr(paths, "_check_remote_dest", lambda *args: reached.append("dest"))

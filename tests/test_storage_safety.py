@@ -18,9 +18,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from anon_tasks import storage
-from anon_tasks.errors import UnreadableFileError, UnsafePathError
-from anon_tasks.storage import (
+from anon_tasks.core.errors import UnreadableFileError, UnsafePathError
+from anon_tasks.storage import files as storage
+from anon_tasks.storage.files import (
     location_within,
     normalize_location,
     read_bytes,

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.codec import decode_image, detector_views
-from anon_tasks.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+from anon_tasks.imaging.codec import decode_image, detector_views
+from anon_tasks.pipeline.anonymizer import Anonymizer
 
 LUMA = (0.299, 0.587, 0.114)
 

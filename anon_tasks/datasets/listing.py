@@ -50,10 +50,10 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from anon_tasks.errors import UnreadableFileError
-from anon_tasks.formats import SNIFF_BYTES, SUFFIX_FORMATS, sniff_image_format
-from anon_tasks.records import ImageRef, SidecarRef, SkippedEntry
-from anon_tasks.storage import (
+from anon_tasks.core.errors import UnreadableFileError
+from anon_tasks.core.formats import SNIFF_BYTES, SUFFIX_FORMATS, sniff_image_format
+from anon_tasks.core.records import ImageRef, SidecarRef, SkippedEntry
+from anon_tasks.storage.files import (
     StorageOptions,
     is_local,
     local_fingerprint,

@@ -23,9 +23,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anon_tasks.devices import MAX_SLOTS, SLOTS_ENV
+from anon_tasks.detection.devices import MAX_SLOTS, SLOTS_ENV
 
-logger = logging.getLogger("anon_tasks.workers")
+logger = logging.getLogger("anon_tasks.orchestration.workers")
 
 #: Seconds a worker gets to stop after SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 20.0
@@ -69,7 +69,7 @@ def visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip():
         return [part.strip() for part in visible.split(",") if part.strip()]
-    from anon_tasks.devices import visible_cuda_device_count
+    from anon_tasks.detection.devices import visible_cuda_device_count
 
     return [str(index) for index in range(visible_cuda_device_count())]
 

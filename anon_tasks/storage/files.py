@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
-from anon_tasks.errors import UnreadableFileError, UnsafePathError
+from anon_tasks.core.errors import UnreadableFileError, UnsafePathError
+from anon_tasks.core.urls import filesystem_class, is_local, local_path, redact_url, url_problem
 
 __all__ = [
     "DEFAULT_MAX_READ_BYTES",
@@ -107,66 +107,6 @@ _UNREADABLE_ERRNOS = frozenset(
 _READ_CHUNK = 64 * 1024 * 1024
 #: At most this many reads may hang at once before new reads queue behind them.
 _MAX_READ_THREADS = 64
-
-
-def is_local(url: str) -> bool:
-    """Whether ``url`` names a file on the local filesystem."""
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url: str) -> Path:
-    """The filesystem path of a local URL (a plain path or ``file://``)."""
-    return Path(url[len("file://") :] if url.startswith("file://") else url)
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot name a dataset location, or None when it can.
-
-    The one rule for the URLs a run is given (source, dest, result storage, model path):
-
-    * a plain path, ``file://``, or ``protocol://`` with a protocol fsspec knows, in lower case
-      (``S3://`` is not a protocol fsspec reads);
-    * no chain (``a::b``): fsspec writes through the first link and stores in the last, so one
-      location would be checked and another written;
-    * no user or password before the host, and no query string: credentials have no place in
-      a URL that is logged, stored as a flow parameter and shown in the Prefect UI.
-    """
-    if "::" in url:
-        return "chained URLs (a::b) are not supported: name the one storage to use"
-    if "://" not in url:
-        return None
-    scheme, _, rest = url.partition("://")
-    if scheme != scheme.lower():
-        return f"the protocol {scheme!r} must be written in lower case"
-    if scheme != "file" and _filesystem_class(scheme) is None:
-        return f"unknown storage protocol {scheme!r}"
-    if "@" in rest.split("/", 1)[0]:
-        return (
-            "a user or password in the URL: keep credentials out of URLs and use "
-            "credentials_block or the AWS credential chain"
-        )
-    if "?" in rest:
-        return "a query string in the URL is not supported (it may carry a credential)"
-    return None
-
-
-def redact_url(url: str) -> str:
-    """``url`` without what may hold a credential: a user and password, a query string.
-
-    ``s3://KEY:SECRET@bucket/x`` becomes ``s3://***@bucket/x`` and a pre-signed or SAS URL
-    loses its ``?...`` part; a plain path comes back unchanged.
-    """
-    if "://" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.split("://", 1)[0] + "://***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def url_to_fs(url: str, options: StorageOptions | None = None) -> tuple[Any, str]:
@@ -245,7 +185,7 @@ def normalize_location(url: str, options: StorageOptions | None = None) -> tuple
     path = url.split("://", 1)[1]
     family = _FAMILIES.get(protocol)
     if family is None:
-        cls = _filesystem_class(protocol)
+        cls = filesystem_class(protocol)
         if cls is not None:
             names = (cls.protocol,) if isinstance(cls.protocol, str) else tuple(cls.protocol)
             family = "file" if issubclass(cls, LocalFileSystem) else names[0]
@@ -255,14 +195,6 @@ def normalize_location(url: str, options: StorageOptions | None = None) -> tuple
     if family == "file":
         return "file", os.path.realpath(path)
     return family, "/".join(part for part in path.split("/") if part not in ("", "."))
-
-
-def _filesystem_class(protocol: str) -> Any:
-    """fsspec's filesystem class for ``protocol``, or None when unknown or not installed."""
-    try:
-        return fsspec.get_filesystem_class(protocol)
-    except (ImportError, ValueError):
-        return None
 
 
 def location_within(inner: str, outer: str, options: StorageOptions | None = None) -> bool:

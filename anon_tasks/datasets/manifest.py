@@ -12,10 +12,10 @@ import logging
 import uuid
 from collections.abc import Iterable
 
-from anon_tasks.errors import ImageError
-from anon_tasks.records import ImageStatus, ManifestRow
-from anon_tasks.settings import DetectionSettings, MaskSettings
-from anon_tasks.storage import (
+from anon_tasks.core.errors import ImageError
+from anon_tasks.core.records import ImageStatus, ManifestRow
+from anon_tasks.core.settings import DetectionSettings, MaskSettings
+from anon_tasks.storage.files import (
     StorageOptions,
     is_local,
     join_url,

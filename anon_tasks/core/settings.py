@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.storage import url_problem
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.urls import url_problem
 
 __all__ = [
     "BLOCK_SLUG",

@@ -66,15 +66,15 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageFile, ImageSequence, PngImagePlugin, UnidentifiedImageError
 
-from anon_tasks.errors import (
+from anon_tasks.core.errors import (
     ImageDecodeError,
     ImageEncodeError,
     ImageError,
     ImageTooLargeError,
     UnsupportedImageError,
 )
-from anon_tasks.formats import SNIFF_BYTES, sniff_image_format
-from anon_tasks.settings import OutputSettings
+from anon_tasks.core.formats import SNIFF_BYTES, sniff_image_format
+from anon_tasks.core.settings import OutputSettings
 
 __all__ = [
     "DecodedImage",

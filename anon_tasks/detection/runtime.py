@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from anon_tasks.concurrency import available_cores
-from anon_tasks.errors import ProviderError
-from anon_tasks.model import ModelFile, prepare_for_inference
+from anon_tasks.core.concurrency import available_cores
+from anon_tasks.core.errors import ProviderError
+from anon_tasks.detection.model import ModelFile, prepare_for_inference
 
 __all__ = [
     "CPU_GATE",

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 
-from anon_tasks.manifest import unchanged_row
-from anon_tasks.records import ImageRef, ImageStatus, ManifestRow
+from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
+from anon_tasks.datasets.manifest import unchanged_row
 
 __all__ = ["RACY_WINDOW_NS", "is_racy", "is_up_to_date", "up_to_date_rows"]
 

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from anon_tasks.detections import Face
+from anon_tasks.core.faces import Face
 
 __all__ = [
     "ImageDetections",

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from anon_tasks.codec import DecodedImage
+from anon_tasks.imaging.codec import DecodedImage
 
 __all__ = ["DecodedCache", "decoded_cache"]
 

@@ -60,8 +60,8 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, Final, NoReturn
 
-from anon_tasks.errors import SidecarRefusedError
-from anon_tasks.formats import SNIFF_BYTES, sniff_image_format
+from anon_tasks.core.errors import SidecarRefusedError
+from anon_tasks.core.formats import SNIFF_BYTES, sniff_image_format
 
 __all__ = [
     "BASE64_CHUNK_MIN",

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from anon_tasks.errors import ConfigurationError
+from anon_tasks.core.errors import ConfigurationError
 
 __all__ = [
     "DEVICES_ENV",
@@ -55,7 +55,7 @@ class DeviceBusyError(TimeoutError):
 
 def visible_cuda_device_count() -> int:
     """How many CUDA devices this process sees (0 when CUDA cannot load)."""
-    from anon_tasks.runtime import cuda_unavailable_reason
+    from anon_tasks.detection.runtime import cuda_unavailable_reason
 
     if cuda_unavailable_reason() is not None:
         return 0

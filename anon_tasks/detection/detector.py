@@ -22,18 +22,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anon_tasks.concurrency import available_cores
-from anon_tasks.detections import Face
-from anon_tasks.errors import ImageError
-from anon_tasks.model import load_model_file
-from anon_tasks.runtime import (
+from anon_tasks.core.concurrency import available_cores
+from anon_tasks.core.errors import ImageError
+from anon_tasks.core.faces import Face
+from anon_tasks.core.settings import DetectionSettings, Quality
+from anon_tasks.detection.model import load_model_file
+from anon_tasks.detection.runtime import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     DeviceSpec,
     InferenceSession,
     get_session,
 )
-from anon_tasks.settings import DetectionSettings, Quality
 
 __all__ = [
     "SCORE_FLOOR",

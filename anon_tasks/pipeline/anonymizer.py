@@ -12,7 +12,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anon_tasks.codec import (
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.faces import Face, faces_above
+from anon_tasks.core.formats import format_for_name
+from anon_tasks.core.settings import (
+    AnonymizeMethod,
+    DetectionSettings,
+    MaskSettings,
+    OutputSettings,
+    Quality,
+)
+from anon_tasks.detection.detector import (
+    CenterFaceDetector,
+    detection_floor,
+    fits_one_pass,
+    merge_detections,
+)
+from anon_tasks.imaging.codec import (
     DecodedImage,
     decode_image,
     detector_views,
@@ -21,24 +37,8 @@ from anon_tasks.codec import (
     to_detector_rgb,
     with_frames,
 )
-from anon_tasks.detections import Face, faces_above
-from anon_tasks.detector import (
-    CenterFaceDetector,
-    detection_floor,
-    fits_one_pass,
-    merge_detections,
-)
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.formats import format_for_name
-from anon_tasks.masking import mask_faces
-from anon_tasks.settings import (
-    AnonymizeMethod,
-    DetectionSettings,
-    MaskSettings,
-    OutputSettings,
-    Quality,
-)
-from anon_tasks.storage import location_within, read_bytes, write_bytes_atomic
+from anon_tasks.imaging.masking import mask_faces
+from anon_tasks.storage.files import location_within, read_bytes, write_bytes_atomic
 
 __all__ = ["AnonymizedImage", "Anonymizer", "mask_image"]
 

@@ -36,9 +36,9 @@ from types import MappingProxyType
 import cv2
 import numpy as np
 
-from anon_tasks.detections import Face
-from anon_tasks.errors import UnsupportedImageError
-from anon_tasks.settings import AnonymizeMethod, MaskSettings
+from anon_tasks.core.errors import UnsupportedImageError
+from anon_tasks.core.faces import Face
+from anon_tasks.core.settings import AnonymizeMethod, MaskSettings
 
 __all__ = ["clip_box_px", "face_roll_rad", "mask_faces", "masked_pixels", "scaled_box"]
 

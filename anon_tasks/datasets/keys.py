@@ -16,10 +16,10 @@ from types import MappingProxyType
 
 from pydantic import BaseModel
 
-from anon_tasks import __version__
-from anon_tasks.detector import detection_floor
-from anon_tasks.records import ImageRef
-from anon_tasks.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.core.records import ImageRef
+from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.core.version import __version__
+from anon_tasks.detection.detector import detection_floor
 
 __all__ = [
     "DETECTION_NEUTRAL_FIELDS",

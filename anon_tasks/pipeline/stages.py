@@ -20,14 +20,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from anon_tasks.anonymizer import Anonymizer
-from anon_tasks.codec import DecodedImage
-from anon_tasks.concurrency import ordered_map, pipeline_threads
-from anon_tasks.detections import Face
-from anon_tasks.detector import SCORE_FLOOR, side_by_side_runs
-from anon_tasks.errors import ImageError
-from anon_tasks.records import ImageRef
-from anon_tasks.storage import join_url, read_bytes
+from anon_tasks.core.concurrency import ordered_map, pipeline_threads
+from anon_tasks.core.errors import ImageError
+from anon_tasks.core.faces import Face
+from anon_tasks.core.records import ImageRef
+from anon_tasks.detection.detector import SCORE_FLOOR, side_by_side_runs
+from anon_tasks.imaging.codec import DecodedImage
+from anon_tasks.pipeline.anonymizer import Anonymizer
+from anon_tasks.storage.files import join_url, read_bytes
 
 __all__ = ["FetchedImage", "content_digest", "detect_images", "fetch_and_decode"]
 

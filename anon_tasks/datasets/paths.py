@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 
-from anon_tasks.errors import ConfigurationError
-from anon_tasks.formats import format_for_name
-from anon_tasks.manifest import DEFAULT_CACHE_DIR, MANIFEST_DIR, STAGING_DIR
-from anon_tasks.settings import BLOCK_SLUG
-from anon_tasks.storage import (
+from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.formats import format_for_name
+from anon_tasks.core.settings import BLOCK_SLUG
+from anon_tasks.datasets.manifest import DEFAULT_CACHE_DIR, MANIFEST_DIR, STAGING_DIR
+from anon_tasks.storage.files import (
     StorageOptions,
     is_local,
     join_url,

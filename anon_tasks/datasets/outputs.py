@@ -16,10 +16,10 @@ import os
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
-from anon_tasks.errors import UnsafePathError
-from anon_tasks.manifest import MANIFEST_DIR
-from anon_tasks.records import ManifestRow
-from anon_tasks.storage import (
+from anon_tasks.core.errors import UnsafePathError
+from anon_tasks.core.records import ManifestRow
+from anon_tasks.datasets.manifest import MANIFEST_DIR
+from anon_tasks.storage.files import (
     StorageOptions,
     file_fingerprint,
     is_local,

@@ -24,24 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict
 
-from anon_tasks import __version__
-from anon_tasks.anonymizer import Anonymizer, mask_image
-from anon_tasks.cache_keys import detection_key, render_key, shard_detection_key
-from anon_tasks.captions import SIDECAR_MAX_BYTES, sanitize_sidecar
-from anon_tasks.codec import DecodedImage, decode_image, encode_image
-from anon_tasks.concurrency import ordered_map, pipeline_threads
-from anon_tasks.dataset import scan_dataset
-from anon_tasks.decoded_cache import decoded_cache
-from anon_tasks.detections import Face, faces_above
-from anon_tasks.detector import detection_floor
-from anon_tasks.devices import available_devices, device_lease
-from anon_tasks.errors import ConfigurationError, ImageError, SidecarRefusedError
-from anon_tasks.manifest import MANIFEST_DIR, STAGING_DIR, manifest_parameters, unchanged_row
-from anon_tasks.model import load_model_file
-from anon_tasks.outputs import remove_files, remove_orphans
-from anon_tasks.pipeline import FetchedImage, content_digest, detect_images
-from anon_tasks.planning import is_up_to_date
-from anon_tasks.records import (
+from anon_tasks.core.concurrency import ordered_map, pipeline_threads
+from anon_tasks.core.errors import ConfigurationError, ImageError, SidecarRefusedError
+from anon_tasks.core.faces import Face, faces_above
+from anon_tasks.core.records import (
     ImageDetections,
     ImageRef,
     ImageStatus,
@@ -50,14 +36,33 @@ from anon_tasks.records import (
     ShardDetections,
     SkippedEntry,
 )
-from anon_tasks.settings import (
+from anon_tasks.core.settings import (
     AnonymizeMethod,
     DetectionSettings,
     MaskSettings,
     OutputSettings,
     RunSettings,
 )
-from anon_tasks.storage import (
+from anon_tasks.core.version import __version__
+from anon_tasks.datasets.captions import SIDECAR_MAX_BYTES, sanitize_sidecar
+from anon_tasks.datasets.keys import detection_key, render_key, shard_detection_key
+from anon_tasks.datasets.listing import scan_dataset
+from anon_tasks.datasets.manifest import (
+    MANIFEST_DIR,
+    STAGING_DIR,
+    manifest_parameters,
+    unchanged_row,
+)
+from anon_tasks.datasets.outputs import remove_files, remove_orphans
+from anon_tasks.datasets.planning import is_up_to_date
+from anon_tasks.detection.detector import detection_floor
+from anon_tasks.detection.devices import available_devices, device_lease
+from anon_tasks.detection.model import load_model_file
+from anon_tasks.imaging.codec import DecodedImage, decode_image, encode_image
+from anon_tasks.pipeline.anonymizer import Anonymizer, mask_image
+from anon_tasks.pipeline.decoded_cache import decoded_cache
+from anon_tasks.pipeline.stages import FetchedImage, content_digest, detect_images
+from anon_tasks.storage.files import (
     file_fingerprint,
     is_local,
     join_url,

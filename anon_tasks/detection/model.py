@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anon_tasks.errors import ModelError, UnreadableFileError
+from anon_tasks.core.errors import ModelError, UnreadableFileError
 
 __all__ = [
     "CENTERFACE_SHA256",
@@ -126,7 +126,7 @@ def _read_model(model_path: str | None) -> ModelFile:
 
 def _shown(url: str) -> str:
     """``url`` as an error may name it: without a password or query string."""
-    from anon_tasks.storage import redact_url
+    from anon_tasks.storage.files import redact_url
 
     return repr(redact_url(url))
 
@@ -139,7 +139,9 @@ def _read_bounded(url: str, what: str) -> bytes:
     Raises:
         ModelError: Missing, not a regular file, too large, too slow or unreadable.
     """
-    from anon_tasks.storage import read_bytes  # imports fsspec: not needed to import this module
+    from anon_tasks.storage.files import (
+        read_bytes,  # imports fsspec: not needed to import this module
+    )
 
     try:
         return read_bytes(url, max_bytes=MODEL_MAX_BYTES, timeout_s=MODEL_READ_TIMEOUT_S)
