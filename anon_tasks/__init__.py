@@ -30,19 +30,22 @@ _EXPORTS: dict[str, str] = {
     "CenterFaceDetector": "anon_tasks.detection.detector",
     "Anonymizer": "anon_tasks.pipeline.anonymizer",
     "AnonymizedImage": "anon_tasks.pipeline.anonymizer",
-    "decode_image": "anon_tasks.imaging.codec",
-    "encode_image": "anon_tasks.imaging.codec",
+    "decode_image": "anon_tasks.imaging.decode",
+    "encode_image": "anon_tasks.imaging.encode",
     "RunSettings": "anon_tasks.core.settings",
     "Quality": "anon_tasks.core.settings",
     "ImageRef": "anon_tasks.core.records",
     "ManifestRow": "anon_tasks.core.records",
     "RunSummary": "anon_tasks.core.records",
-    "list_images": "anon_tasks.orchestration.tasks",
-    "detect_faces": "anon_tasks.orchestration.tasks",
-    "mask_faces": "anon_tasks.orchestration.tasks",
-    "write_images": "anon_tasks.orchestration.tasks",
-    "scan_source": "anon_tasks.orchestration.tasks",
-    "remove_stale_outputs": "anon_tasks.orchestration.tasks",
+    "list_images": "anon_tasks.orchestration.listing_tasks",
+    "scan_source": "anon_tasks.orchestration.listing_tasks",
+    "detect_faces": "anon_tasks.orchestration.detection_task",
+    "mask_faces": "anon_tasks.orchestration.masking_task",
+    "write_images": "anon_tasks.orchestration.writing_tasks",
+    "remove_stale_outputs": "anon_tasks.orchestration.writing_tasks",
+    "resolve_storage": "anon_tasks.orchestration.credentials",
+    "RenderSpec": "anon_tasks.datasets.keys",
+    "ResolvedStorage": "anon_tasks.storage.resolved",
     "SkippedEntry": "anon_tasks.core.records",
     "SidecarRefusedError": "anon_tasks.core.errors",
     "UnreadableFileError": "anon_tasks.core.errors",
@@ -69,6 +72,8 @@ __all__ = [
     "OutputSettings",
     "ProviderError",
     "Quality",
+    "RenderSpec",
+    "ResolvedStorage",
     "RunSettings",
     "RunSummary",
     "SidecarRefusedError",
@@ -83,6 +88,7 @@ __all__ = [
     "list_images",
     "mask_faces",
     "remove_stale_outputs",
+    "resolve_storage",
     "scan_source",
     "write_images",
 ]
@@ -112,17 +118,17 @@ if TYPE_CHECKING:
         Quality,
         RunSettings,
     )
+    from anon_tasks.datasets.keys import RenderSpec
     from anon_tasks.detection.detector import CenterFaceDetector
-    from anon_tasks.imaging.codec import decode_image, encode_image
-    from anon_tasks.orchestration.tasks import (
-        detect_faces,
-        list_images,
-        mask_faces,
-        remove_stale_outputs,
-        scan_source,
-        write_images,
-    )
+    from anon_tasks.imaging.decode import decode_image
+    from anon_tasks.imaging.encode import encode_image
+    from anon_tasks.orchestration.credentials import resolve_storage
+    from anon_tasks.orchestration.detection_task import detect_faces
+    from anon_tasks.orchestration.listing_tasks import list_images, scan_source
+    from anon_tasks.orchestration.masking_task import mask_faces
+    from anon_tasks.orchestration.writing_tasks import remove_stale_outputs, write_images
     from anon_tasks.pipeline.anonymizer import AnonymizedImage, Anonymizer
+    from anon_tasks.storage.resolved import ResolvedStorage
 
 
 def __getattr__(name: str) -> Any:

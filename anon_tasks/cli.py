@@ -28,7 +28,7 @@ from anon_tasks.core.settings import (
     RunSettings,
     build_settings,
 )
-from anon_tasks.storage.files import is_local
+from anon_tasks.core.urls import is_local
 
 logger = logging.getLogger("anon_tasks.cli")
 
@@ -146,10 +146,12 @@ def run_flow(args: argparse.Namespace) -> dict[str, Any]:
     detection, masking, output, run = settings_from_args(args)
     # Library modules log through Prefect's handlers (and into the UI) during a flow run.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "anon_tasks")
-    from anon_tasks.flows.anonymize_dataset import anonymize_dataset, check_paths
+    from anon_tasks.flows.anonymize_dataset import anonymize_dataset
+    from anon_tasks.orchestration.credentials import resolve_storage
+    from anon_tasks.orchestration.preflight import check_paths
 
     # Refuse bad paths before Prefect starts anything.
-    check_paths(args.source, args.dest, run)
+    check_paths(args.source, args.dest, run, resolve_storage(run))
 
     with _progress_bar(sys.stderr.isatty() and not args.no_progress and not args.json):
         state = anonymize_dataset(

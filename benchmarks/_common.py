@@ -73,7 +73,7 @@ def bare_session(threads: int | None = None):
 
 def reference_blob(path: Path) -> np.ndarray:
     """The float NCHW input the reference builds for an image file (``cv2.dnn.blobFromImage``)."""
-    from anon_tasks.detection.detector import network_size_wh
+    from anon_tasks.detection.centerface import network_size_wh
 
     rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     size = network_size_wh(rgb.shape[1], rgb.shape[0])

@@ -191,12 +191,12 @@ def reference_bgr_detections(
     from anon_tasks.core.settings import DetectionSettings
     from anon_tasks.detection.detector import CenterFaceDetector
 
-    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    detector = CenterFaceDetector(DetectionSettings(device="cpu", threshold=threshold))
     return {
         name: list(
-            detector.detect(
-                cv2.imread(str(root / "images" / name), cv2.IMREAD_COLOR), score_floor=threshold
-            ).to_faces()
+            detector.detect(cv2.imread(str(root / "images" / name), cv2.IMREAD_COLOR))
+            .above(threshold)
+            .to_faces()
         )
         for name in truth
     }

@@ -36,10 +36,13 @@ STAGES = (
     ("model input (resize, batch)", "anon_tasks.detection.detector", None, "network_batch"),
     ("output decoding and NMS", "anon_tasks.detection.detector", None, "decode_outputs"),
     ("Face values", "anon_tasks.detection.detector", "FaceArrays", "to_faces"),
-    ("read and decode", "anon_tasks.pipeline.anonymizer", "Anonymizer", "decode"),
-    ("mask", "anon_tasks.pipeline.anonymizer", "Anonymizer", "mask"),
-    ("encode", "anon_tasks.pipeline.anonymizer", "Anonymizer", "encode"),
-    ("write files", "anon_tasks.orchestration.tasks", None, "write_bytes_atomic"),
+    # Where the flow's stages call them (detection decodes; masking decodes what the run's
+    # cache no longer holds).
+    ("read and decode", "anon_tasks.pipeline.stages", None, "decode_image"),
+    ("read and decode", "anon_tasks.orchestration.masking_task", None, "decode_image"),
+    ("mask", "anon_tasks.orchestration.masking_task", None, "mask_image"),
+    ("encode", "anon_tasks.orchestration.masking_task", None, "encode_image"),
+    ("write files", "anon_tasks.orchestration.writing_tasks", None, "write_bytes_atomic"),
 )
 #: Stages the image work cannot do without, whatever runs them.
 IMAGE_STAGES = ("read and decode", "mask", "encode")

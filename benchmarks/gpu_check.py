@@ -42,6 +42,11 @@ SIZES = ((1024, 768), (1920, 1080))
 BATCHES = (1, 8, 32)
 BOX_TOLERANCE_PX = 2.0
 SCORE_TOLERANCE = 0.02
+#: Faces compared between the CPU and the GPU score above this.
+THRESHOLD = 0.4
+
+#: The flow's default pixel limit (OutputSettings.max_pixels).
+MAX_PX = 200_000_000
 
 
 def faces_image(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -63,7 +68,7 @@ def compare(cpu: CenterFaceDetector, gpu: CenterFaceDetector) -> dict[str, float
     for width, height in SIZES:
         for seed in range(4):
             rgb = faces_image(width, height, seed)
-            on_cpu, on_gpu = cpu.detect(rgb, score_floor=0.4), gpu.detect(rgb, score_floor=0.4)
+            on_cpu, on_gpu = cpu.detect(rgb).above(THRESHOLD), gpu.detect(rgb).above(THRESHOLD)
             faces += len(on_cpu)
             if len(on_cpu) != len(on_gpu):
                 count_mismatches += 1
@@ -160,7 +165,7 @@ def model_only(detector: CenterFaceDetector, seconds: float) -> list[dict[str, o
     """Images/s of the model alone: host batch in and out, then I/O binding on the device."""
     import onnxruntime as ort
 
-    from anon_tasks.detection.detector import network_batch, network_size_wh
+    from anon_tasks.detection.centerface import network_batch, network_size_wh
 
     session = detector._session
     rows = []
@@ -215,7 +220,7 @@ def _warm_anonymizer(device: str, source: Path, names: list[str]) -> Any:
     from anon_tasks.pipeline.stages import detect_images
 
     anonymizer = Anonymizer(detection=DetectionSettings(device=device))
-    list(detect_images(anonymizer, str(source), _refs(names[:8]), {}))
+    list(detect_images(anonymizer.detector, str(source), _refs(names[:8]), {}, max_pixels=MAX_PX))
     return anonymizer
 
 
@@ -230,7 +235,7 @@ def _run_pipeline(anonymizer: Any, source: Path, names: list[str], dest: Path) -
     from anon_tasks.core.concurrency import ordered_map, pipeline_threads
     from anon_tasks.core.faces import faces_above
     from anon_tasks.pipeline.stages import detect_images
-    from anon_tasks.storage.files import write_bytes_atomic
+    from anon_tasks.storage.writes import write_bytes_atomic
 
     threads = pipeline_threads()
 
@@ -243,7 +248,7 @@ def _run_pipeline(anonymizer: Any, source: Path, names: list[str], dest: Path) -
         write_bytes_atomic(str(dest / fetched.image.relative_path), anonymizer.encode(masked))
         return len(shown)
 
-    stream = detect_images(anonymizer, str(source), _refs(names), {})
+    stream = detect_images(anonymizer.detector, str(source), _refs(names), {}, max_pixels=MAX_PX)
     return sum(ordered_map(finish, stream, threads=threads, ahead=2 * threads))
 
 
@@ -338,6 +343,7 @@ def stage_rates(device: str, source: Path, names: list[str]) -> dict[str, object
     write on the stage's threads."""
     from anon_tasks.core.concurrency import ordered_map, pipeline_threads
     from anon_tasks.core.faces import faces_above
+    from anon_tasks.pipeline.finding import find_faces_batched
     from anon_tasks.pipeline.stages import fetch_and_decode
 
     anonymizer = _warm_anonymizer(device, source, names)
@@ -345,20 +351,22 @@ def stage_rates(device: str, source: Path, names: list[str]) -> dict[str, object
     refs = _refs(names)
     started = time.perf_counter()
     for _ in ordered_map(
-        lambda ref: fetch_and_decode(anonymizer, str(source), ref, {}),
+        lambda ref: fetch_and_decode(str(source), ref, {}, max_pixels=MAX_PX),
         refs,
         threads=threads,
         ahead=2 * threads,
     ):
         pass
     decode_s = time.perf_counter() - started
-    sample = [fetch_and_decode(anonymizer, str(source), ref, {}).decoded for ref in refs[:256]]
+    sample = [
+        fetch_and_decode(str(source), ref, {}, max_pixels=MAX_PX).decoded for ref in refs[:256]
+    ]
     batch = anonymizer.detector.batch_size
     started, detected, cpu_started = time.perf_counter(), 0, time.thread_time()
     found: list[Any] = []
     while detected < len(names):
         for start in range(0, len(sample), batch):
-            found.extend(anonymizer.detect_many(sample[start : start + batch]))
+            found.extend(find_faces_batched(anonymizer.detector, sample[start : start + batch]))
         detected += len(sample)
     detect_s = time.perf_counter() - started
     detect_cpu_s = time.thread_time() - cpu_started
@@ -462,8 +470,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
 
-    gpu = CenterFaceDetector(DetectionSettings(device=args.device))
-    cpu = CenterFaceDetector(DetectionSettings(device="cpu"))
+    gpu = CenterFaceDetector(DetectionSettings(device=args.device, threshold=THRESHOLD))
+    cpu = CenterFaceDetector(DetectionSettings(device="cpu", threshold=THRESHOLD))
     providers = gpu._session.session.get_providers()
     report["session_providers"] = providers
     print(f"session providers: {providers}")

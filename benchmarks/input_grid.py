@@ -26,8 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATASET, image_files, machine_description
 
 from anon_tasks.core.settings import DetectionSettings
-from anon_tasks.detection.detector import CenterFaceDetector, FaceArrays, network_size_wh
-from anon_tasks.imaging.codec import decode_image, to_detector_rgb
+from anon_tasks.detection.boxes import FaceArrays
+from anon_tasks.detection.centerface import network_size_wh
+from anon_tasks.detection.detector import CenterFaceDetector
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.imaging.decoded import to_detector_rgb
 
 #: Corners further apart than this are different faces, not the same one moved.
 SAME_FACE_PX = 8.0
@@ -36,8 +39,8 @@ SAME_FACE_PX = 8.0
 class _GridDetector(CenterFaceDetector):
     """The CPU detector on the canvas grid of a GPU one."""
 
-    def __init__(self, grid_px: int) -> None:
-        super().__init__(DetectionSettings(device="cpu"))
+    def __init__(self, grid_px: int, threshold: float) -> None:
+        super().__init__(DetectionSettings(device="cpu", threshold=threshold))
         self._grid_px = grid_px
 
     @property
@@ -78,8 +81,10 @@ def main() -> None:
     print(f"machine: {machine_description()}")
     print(f"images: {len(files)} from {args.folder}, threshold {args.threshold}")
 
-    reference_detector = CenterFaceDetector(DetectionSettings(device="cpu"))
-    grid_detectors = {grid: _GridDetector(grid) for grid in args.grids}
+    reference_detector = CenterFaceDetector(
+        DetectionSettings(device="cpu", threshold=args.threshold)
+    )
+    grid_detectors = {grid: _GridDetector(grid, args.threshold) for grid in args.grids}
     network_shapes: set[tuple[int, int]] = set()
     canvases: dict[int, set[tuple[int, int]]] = {grid: set() for grid in args.grids}
     network_pixels = 0
@@ -92,14 +97,14 @@ def main() -> None:
         net_w, net_h = network_size_wh(width, height)
         network_shapes.add((net_w, net_h))
         network_pixels += net_w * net_h
-        reference = reference_detector.detect(rgb, score_floor=args.threshold)
+        reference = reference_detector.detect(rgb).above(args.threshold)
         faces += len(reference)
         for grid, detector in grid_detectors.items():
             canvas_w, canvas_h = detector.canvas_size_wh(width, height)
             canvases[grid].add((canvas_w, canvas_h))
             canvas_pixels[grid] += canvas_w * canvas_h
             lost, gained, box_moves, score_moves = _compare(
-                reference, detector.detect(rgb, score_floor=args.threshold)
+                reference, detector.detect(rgb).above(args.threshold)
             )
             total = totals[grid]
             total[0] += lost

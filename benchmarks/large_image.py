@@ -32,12 +32,12 @@ def measure_one(quality: str) -> dict[str, object]:
     from anon_tasks.core.settings import DetectionSettings, Quality
     from anon_tasks.detection.detector import CenterFaceDetector
 
-    detector = CenterFaceDetector(DetectionSettings(device="cpu"))
+    detector = CenterFaceDetector(DetectionSettings(device="cpu", quality=Quality(quality)))
     rgb = cv2.cvtColor(cv2.imread(str(PHOTO), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     rgb = cv2.resize(rgb, SIZE_WH, interpolation=cv2.INTER_CUBIC)
     before_mb = peak_rss_mb()
     started = time.perf_counter()
-    found = detector.detect_quality(rgb, Quality(quality)).above(detector.settings.threshold)
+    found = detector.detect_quality(rgb).above(detector.settings.threshold)
     return {
         "seconds": round(time.perf_counter() - started, 1),
         "faces": len(found),

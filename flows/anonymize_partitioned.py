@@ -23,9 +23,10 @@ from anon_tasks.core.errors import AnonTasksError
 from anon_tasks.core.records import ManifestRow, RunSummary
 from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
 from anon_tasks.datasets.manifest import read_manifest, summary_url, write_manifest
-from anon_tasks.flows.anonymize_dataset import announce_dataset, check_paths, finish_state
-from anon_tasks.orchestration.tasks import storage_options_for
-from anon_tasks.storage.files import read_bytes
+from anon_tasks.orchestration.credentials import resolve_storage
+from anon_tasks.orchestration.preflight import check_paths
+from anon_tasks.orchestration.reporting import announce_dataset, finish_state
+from anon_tasks.storage.reads import read_bytes
 
 __all__ = ["DEFAULT_DEPLOYMENT", "PartitionFailedError", "anonymize_partitioned"]
 
@@ -126,7 +127,8 @@ def anonymize_partitioned(
     started = time.perf_counter()
     if not 1 <= partitions <= 1000:
         raise ValueError("partitions must be between 1 and 1000")
-    check_paths(source, dest, run)
+    storage = resolve_storage(run)
+    check_paths(source, dest, run, storage)
     futures = []
     with ThreadPoolTaskRunner(max_workers=partitions) as runner:
         for index in range(partitions):
@@ -164,7 +166,7 @@ def anonymize_partitioned(
                 failed_partitions.append(index)
                 logger.error("partition %d/%d failed: %s", index, partitions, future.state.message)
 
-    options = storage_options_for(run.storage_options, run.credentials_block)
+    options = dict(storage.options)
     rows, summaries = _merge(dest, partitions, finished, options)
     manifest = write_manifest(dest, rows, None, options, protected_root=source)
     failed_images = tuple(sorted(image for s in summaries for image in s.failed_images))

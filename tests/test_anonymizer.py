@@ -12,7 +12,8 @@ from anon_tasks.core.errors import ImageDecodeError, ImageError, ImageTooLargeEr
 from anon_tasks.core.faces import Face
 from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
 from anon_tasks.detection.detector import CenterFaceDetector
-from anon_tasks.imaging.codec import decode_image, to_detector_rgb
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.imaging.decoded import to_detector_rgb
 from anon_tasks.imaging.masking import clip_box_px, masked_pixels, scaled_box
 from anon_tasks.pipeline.anonymizer import Anonymizer
 from tests.conftest import shared_path
@@ -98,7 +99,7 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def faces_still_found(detector: CenterFaceDetector, frame: np.ndarray, faces: list[Face]) -> list:
     """Faces of ``faces`` that the detector still finds (IoU >= 0.5) in ``frame``."""
-    found = detector.detect(to_detector_rgb(frame), score_floor=0.4).xyxy.tolist()
+    found = detector.detect(to_detector_rgb(frame)).above(0.4).xyxy.tolist()
     return [face for face in faces if any(iou(face.xyxy, box) >= 0.5 for box in found)]
 
 

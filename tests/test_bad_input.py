@@ -13,9 +13,9 @@ from PIL import Image
 from anon_tasks.core.errors import ConfigurationError, UnsafePathError
 from anon_tasks.core.faces import Face
 from anon_tasks.core.settings import DetectionSettings, MaskSettings, RunSettings
-from anon_tasks.imaging.codec import decode_image
+from anon_tasks.imaging.decode import decode_image
 from anon_tasks.imaging.masking import masked_pixels
-from anon_tasks.storage.files import join_url, safe_relative_path
+from anon_tasks.storage.locations import join_url, safe_relative_path
 from tests.conftest import shared_path
 from tests.test_anonymizer import assert_faces_destroyed, assert_masked_and_untouched_elsewhere
 

@@ -13,7 +13,7 @@ from anon_tasks.datasets.keys import detection_key
 from anon_tasks.datasets.listing import file_fingerprints, list_dataset
 from anon_tasks.datasets.manifest import read_manifest, write_manifest
 from anon_tasks.datasets.planning import up_to_date_rows
-from anon_tasks.imaging.codec import DecodedImage
+from anon_tasks.imaging.decoded import DecodedImage
 from anon_tasks.pipeline.decoded_cache import DecodedCache
 
 
@@ -150,7 +150,7 @@ def test_decoded_cache_drops_images_whose_mask_task_never_came() -> None:
 
 
 def test_stale_staging_files_are_removed_and_fresh_ones_kept(tmp_path) -> None:
-    from anon_tasks.storage.files import TEMP_PREFIX, remove_stale_staging_files
+    from anon_tasks.storage.writes import TEMP_PREFIX, remove_stale_staging_files
 
     old = tmp_path / f"{TEMP_PREFIX}crashed"
     fresh = tmp_path / f"{TEMP_PREFIX}writing"

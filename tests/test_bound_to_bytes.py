@@ -23,12 +23,14 @@ from prefect import flow
 
 from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
 from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+from anon_tasks.datasets.keys import RenderSpec
 from anon_tasks.datasets.planning import RACY_WINDOW_NS, is_racy, is_up_to_date
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.orchestration import tasks as anon_task_module
-from anon_tasks.orchestration.tasks import detect_faces, mask_faces, scan_source, write_images
-from anon_tasks.pipeline.decoded_cache import DecodedCache
-from anon_tasks.storage.files import local_fingerprint
+from anon_tasks.orchestration.detection_task import detect_faces
+from anon_tasks.orchestration.listing_tasks import scan_source
+from anon_tasks.orchestration.masking_task import MaskedImage, MaskedShard, mask_faces
+from anon_tasks.orchestration.writing_tasks import write_images
+from anon_tasks.storage.fingerprints import local_fingerprint
 from tests.faces import ASTRONAUT_FACE_XYXY, MIRRORED_FACE_XYXY, face_hidden, face_visible
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -48,13 +50,6 @@ def _manifest(dest: Path) -> dict[str, dict]:
     return {row["source"]: row for row in map(json.loads, lines)}
 
 
-@pytest.fixture
-def no_decoded_cache(monkeypatch) -> None:
-    """Masking must read each image again (as when a 43 MP photo overflows the cache)."""
-    monkeypatch.setattr(anon_task_module, "decoded_cache", DecodedCache(max_bytes=0))
-
-
-@pytest.mark.usefixtures("no_decoded_cache")
 def test_file_replaced_between_detection_and_masking_is_detected_again(
     tmp_path, astronaut_rgb
 ) -> None:
@@ -70,8 +65,11 @@ def test_file_replaced_between_detection_and_masking_is_detected_again(
         listing = scan_source(str(source))
         found = detect_faces(listing.images, str(source), detection=CPU)
         target.write_bytes(replacement)  # another photo, faces elsewhere
-        masked = mask_faces(found, str(source), str(dest), detection=CPU)
-        rows = write_images(masked, str(source), str(dest), detection=CPU)
+        # No decoded-image cache: masking reads the file again (as when a 43 MP photo
+        # overflows the run's cache).
+        render = RenderSpec.from_settings(detection=CPU)
+        masked = mask_faces(found, str(source), str(dest), render)
+        rows = write_images(masked, str(source), str(dest), render)
         return masked.images_redetected, rows
 
     redetected, rows = replaced_mid_run()
@@ -217,7 +215,6 @@ def test_a_fingerprint_taken_in_the_tick_of_a_change_is_racy() -> None:
 def test_write_images_refuses_bytes_not_bound_to_masking(tmp_path, astronaut_rgb) -> None:
     """The tasks are public: a hand-built value holding the source's own bytes is refused."""
     from anon_tasks.core.faces import Face
-    from anon_tasks.orchestration.tasks import MaskedImage, MaskedShard
 
     source, dest = tmp_path / "raw", tmp_path / "clean"
     source.mkdir()
@@ -237,7 +234,8 @@ def test_write_images_refuses_bytes_not_bound_to_masking(tmp_path, astronaut_rgb
     @flow(validate_parameters=False)
     def hand_built(index: int) -> None:
         item = (unbound, raw)[index]
-        write_images(MaskedShard(images=(item,)), str(source), str(dest), detection=CPU)
+        render = RenderSpec.from_settings(detection=CPU)
+        write_images(MaskedShard(images=(item,)), str(source), str(dest), render)
 
     for index in (0, 1):
         with pytest.raises(ValueError, match="not masked output bytes"):

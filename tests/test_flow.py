@@ -123,16 +123,16 @@ def test_first_run_writes_every_image_and_a_manifest(dataset, tmp_path) -> None:
 
 def test_largest_shards_are_detected_first(dataset, tmp_path, monkeypatch) -> None:
     """The smallest shard goes last: its masking and writing are what no detection overlaps."""
-    from anon_tasks.orchestration import tasks
+    from anon_tasks.orchestration import detection_task
 
     sizes: list[int] = []
-    real_detect_images = tasks.detect_images
+    real_detect_images = detection_task.detect_images
 
-    def recording(anonymizer, source, images, *args, **kwargs):
+    def recording(detector, source, images, *args, **kwargs):
         sizes.append(len(images))
-        return real_detect_images(anonymizer, source, images, *args, **kwargs)
+        return real_detect_images(detector, source, images, *args, **kwargs)
 
-    monkeypatch.setattr(tasks, "detect_images", recording)
+    monkeypatch.setattr(detection_task, "detect_images", recording)
     run(dataset, tmp_path / "out", run=RunSettings(shard_size=3, allow_failures=True))
     assert sum(sizes) == 7  # six photos and the broken file
     assert len(set(sizes)) > 1  # shards of several sizes, so the order is really tested
@@ -276,15 +276,16 @@ def test_ui_form_schema_has_the_method_dropdown_and_descriptions() -> None:
 
 
 def test_tasks_in_a_users_flow_and_a_file_removed_after_listing(dataset, tmp_path) -> None:
-    from anon_tasks.orchestration.tasks import detect_faces, list_images, mask_faces, write_images
+    from anon_tasks import RenderSpec, detect_faces, list_images, mask_faces, write_images
 
     @flow
     def my_flow(source: str, dest: str) -> list[ManifestRow]:
         images = list_images(source)
         (Path(source) / "coffee.jpg").unlink()  # gone between listing and reading
         found = detect_faces(images, source, CPU)
-        masked = mask_faces(found, source, dest, CPU)
-        return write_images(masked, source, dest, CPU)
+        render = RenderSpec.from_settings(detection=CPU)
+        masked = mask_faces(found, source, dest, render)
+        return write_images(masked, source, dest, render)
 
     rows = {row.source: row for row in my_flow(str(dataset), str(tmp_path / "out"))}
     assert len(rows) == 7

@@ -22,8 +22,8 @@ from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSett
 from anon_tasks.datasets.keys import (
     DETECTION_NEUTRAL_FIELDS,
     OUTPUT_NEUTRAL_FIELDS,
+    RenderSpec,
     detection_key,
-    render_key,
 )
 from anon_tasks.detection.detector import SCORE_FLOOR
 
@@ -102,14 +102,13 @@ def _keys(changed: BaseModel | None = None) -> tuple[str, str]:
     if changed is not None:
         parts[type(changed)] = changed
     detection = parts[DetectionSettings]
-    render = render_key(
-        IMAGE,
+    render = RenderSpec(
         model_sha256=SHA,
         detection=detection,
         masking=parts[MaskSettings],
         output=parts[OutputSettings],
         run=parts[RunSettings],
-    )
+    ).key(IMAGE)
     detect = detection_key(
         IMAGE,
         source="s3://b/raw",

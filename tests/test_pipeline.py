@@ -12,11 +12,18 @@ import pytest
 from anon_tasks.core.concurrency import ordered_map
 from anon_tasks.core.errors import ImageDecodeError, UnsafePathError
 from anon_tasks.core.records import ImageRef
-from anon_tasks.core.settings import DetectionSettings
+from anon_tasks.core.settings import DetectionSettings, OutputSettings
 from anon_tasks.detection.detector import CenterFaceDetector
-from anon_tasks.imaging.codec import decode_image
-from anon_tasks.pipeline.anonymizer import Anonymizer
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.pipeline.finding import find_faces, find_faces_batched
 from anon_tasks.pipeline.stages import detect_images
+
+MAX_PIXELS = OutputSettings().max_pixels
+
+
+def _detector(threshold: float = 0.4) -> CenterFaceDetector:
+    return CenterFaceDetector(DetectionSettings(device="cpu", threshold=threshold))
+
 
 # --- ordered_map ------------------------------------------------------------------------------
 
@@ -105,16 +112,16 @@ def _photos(astronaut_rgb: np.ndarray) -> list[np.ndarray]:
 
 
 def test_batches_give_the_faces_of_single_images(batching, astronaut_rgb) -> None:
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
-    assert anonymizer.detector.batch_size == 4
+    detector = _detector(threshold=0.05)
+    assert detector.batch_size == 4
     images = [
         decode_image(cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes())
         for p in _photos(astronaut_rgb)
     ]
-    runs_before = anonymizer.detector.inference_count
-    batched = anonymizer.detect_many(images, score_floor=0.05)
-    single = [anonymizer.detect(image, score_floor=0.05) for image in images]
-    assert anonymizer.detector.inference_count - runs_before == 2 * len(images)
+    runs_before = detector.inference_count
+    batched = find_faces_batched(detector, images)
+    single = [find_faces(detector, image) for image in images]
+    assert detector.inference_count - runs_before == 2 * len(images)
     assert sum(len(faces) for faces in single) >= len(images)  # a face in every photo
     for one, other in zip(batched, single, strict=True):
         assert len(one) == len(other)
@@ -128,15 +135,15 @@ def test_a_short_batch_is_padded_to_one_shape_per_size(
 ) -> None:
     """Batched runs of one size always have one input shape (CUDA plans kernels per shape), and
     the blank rows change no face; an image run alone is not padded."""
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    detector = _detector(threshold=0.1)
     photos = [np.roll(astronaut_rgb, 60 * index, axis=1) for index in range(3)]
     images = [
         decode_image(cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes())
         for p in photos
     ]
-    alone = [anonymizer.detect(image, score_floor=0.1) for image in images]
+    alone = [find_faces(detector, image) for image in images]
     assert model_inputs == [(1, 512, 512, 3)] * 3
-    padded = anonymizer.detect_many(images, score_floor=0.1)
+    padded = find_faces_batched(detector, images)
     assert model_inputs[3:] == [(4, 512, 512, 3)]
     for one, other in zip(padded, alone, strict=True):
         assert len(one) == len(other) >= 1
@@ -172,14 +179,14 @@ def test_nearby_sizes_share_a_canvas_and_keep_their_faces(
         decode_image(cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes())
         for p in photos
     ]
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
-    reference = [anonymizer.detect(image, score_floor=0.4) for image in images]
+    detector = _detector()
+    reference = [find_faces(detector, image) for image in images]
     assert sorted(set(model_inputs)) == [(1, 480, 512, 3), (1, 512, 512, 3)]
     grid = detector_module.CUDA_CANVAS_GRID_PX
     monkeypatch.setattr(CenterFaceDetector, "canvas_grid_px", property(lambda self: grid))
     model_inputs.clear()
 
-    on_canvas = anonymizer.detect_many(images, score_floor=0.4)
+    on_canvas = find_faces_batched(detector, images)
 
     assert model_inputs == [(4, 512, 512, 3)]
     for found, expected in zip(on_canvas, reference, strict=True):
@@ -199,9 +206,9 @@ def test_mixed_sizes_run_in_full_batches_of_one_size(
         name = f"p{index}.png"
         cv2.imwrite(str(tmp_path / name), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
         refs.append(ImageRef(relative_path=name, size_bytes=1, fingerprint=str(index)))
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    detector = _detector()
 
-    results = list(detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4))
+    results = list(detect_images(detector, str(tmp_path), refs, {}, max_pixels=MAX_PIXELS))
 
     assert [fetched.image for fetched, _ in results] == refs
     # 24 images, 8 of each size: two full runs per size, none padded.
@@ -209,7 +216,7 @@ def test_mixed_sizes_run_in_full_batches_of_one_size(
         [(4, 512, 512, 3)] * 2 + [(4, 480, 640, 3)] * 2 + [(4, 704, 480, 3)] * 2
     )
     for fetched, outcome in results:
-        expected = anonymizer.detect(fetched.decoded, score_floor=0.4)
+        expected = find_faces(detector, fetched.decoded)
         assert len(outcome) == len(expected) >= 1
         for a, b in zip(outcome, expected, strict=True):
             np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
@@ -229,9 +236,9 @@ def test_a_rare_size_is_not_held_back_past_the_window(
         common = np.roll(astronaut_rgb, 25 * index, axis=1)
         cv2.imwrite(str(tmp_path / names[index + 1]), cv2.cvtColor(common, cv2.COLOR_RGB2BGR))
     refs = [ImageRef(relative_path=n, size_bytes=1, fingerprint=n) for n in names]
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    detector = _detector()
 
-    stream = detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4)
+    stream = detect_images(detector, str(tmp_path), refs, {}, max_pixels=MAX_PIXELS)
     first = next(stream)
     assert first[0].image.relative_path == "rare.png"
     assert len(first[1]) >= 1
@@ -252,17 +259,17 @@ def test_held_images_are_bounded_in_bytes_too(
     # Room for about two of these images' pixels (512 x 512 x 3 = 786 KB each).
     monkeypatch.setattr(pipeline, "BATCH_WINDOW_BYTES", 2 * 800_000)
     events: list[str] = []
-    real_key, real_run = Anonymizer.batch_key, InferenceSession.run
+    real_key, real_run = pipeline.batch_key, InferenceSession.run
 
-    def recording_key(self, image):
+    def recording_key(detector, image):
         events.append("taken")
-        return real_key(self, image)
+        return real_key(detector, image)
 
     def recording_run(self, batch):
         events.append("run")
         return real_run(self, batch)
 
-    monkeypatch.setattr(Anonymizer, "batch_key", recording_key)
+    monkeypatch.setattr(pipeline, "batch_key", recording_key)
     monkeypatch.setattr(InferenceSession, "run", recording_run)
     names = []
     for index in range(6):
@@ -271,9 +278,9 @@ def test_held_images_are_bounded_in_bytes_too(
         names.append(f"s{index}.png")
         cv2.imwrite(str(tmp_path / names[-1]), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     refs = [ImageRef(relative_path=n, size_bytes=1, fingerprint=n) for n in names]
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    detector = _detector()
 
-    results = list(detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4))
+    results = list(detect_images(detector, str(tmp_path), refs, {}, max_pixels=MAX_PIXELS))
 
     assert [fetched.image.relative_path for fetched, _ in results] == names
     assert all(len(faces) >= 1 for _, faces in results)
@@ -294,9 +301,9 @@ def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb
     refs.insert(3, ImageRef(relative_path="broken.jpg", size_bytes=12, fingerprint="b"))
     refs.insert(5, ImageRef(relative_path="gone.jpg", size_bytes=1, fingerprint="g"))
     refs.insert(7, ImageRef(relative_path="../escape.jpg", size_bytes=1, fingerprint="e"))
-    anonymizer = Anonymizer(detection=DetectionSettings(device="cpu"))
+    detector = _detector()
 
-    results = list(detect_images(anonymizer, str(tmp_path), refs, {}, score_floor=0.4))
+    results = list(detect_images(detector, str(tmp_path), refs, {}, max_pixels=MAX_PIXELS))
 
     assert [fetched.image for fetched, _ in results] == refs
     outcomes = {fetched.image.relative_path: outcome for fetched, outcome in results}
@@ -306,7 +313,7 @@ def test_detect_images_streams_faces_and_errors_in_order(batching, astronaut_rgb
     for fetched, outcome in results:
         if fetched.image.relative_path.startswith("p"):
             assert fetched.was_read
-            expected = anonymizer.detect(fetched.decoded, score_floor=0.4)
+            expected = find_faces(detector, fetched.decoded)
             assert len(outcome) == len(expected) >= 1
             for a, b in zip(outcome, expected, strict=True):
                 np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)

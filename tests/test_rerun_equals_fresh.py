@@ -26,7 +26,6 @@ from anon_tasks.core.settings import (
     RunSettings,
 )
 from anon_tasks.flows import anonymize_dataset
-from anon_tasks.pipeline.anonymizer import Anonymizer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -93,21 +92,24 @@ def test_rerun_with_changed_settings_equals_a_fresh_run(
 
 def test_masking_never_creates_a_model_session(small_dataset, tmp_path, monkeypatch) -> None:
     """Masking reads detections; only a file that changed since detection runs the model."""
-    from anon_tasks.orchestration import tasks
+    from anon_tasks.datasets.keys import RenderSpec
+    from anon_tasks.orchestration import detection_task
+    from anon_tasks.orchestration.listing_tasks import scan_source
+    from anon_tasks.orchestration.masking_task import mask_faces
 
     @flow
     def detect_then_mask(raising: bool) -> int:
-        listing = tasks.scan_source(str(small_dataset))
-        found = tasks.detect_faces(listing.images, str(small_dataset), DetectionSettings())
+        listing = scan_source(str(small_dataset))
+        found = detection_task.detect_faces(listing.images, str(small_dataset), DetectionSettings())
         if raising:
 
             def refuse(*args, **kwargs):
                 raise AssertionError("mask_faces created a detector")
 
-            monkeypatch.setattr(tasks, "Anonymizer", refuse)
-            monkeypatch.setattr(tasks, "_anonymizers", {})
-        masked = tasks.mask_faces(found, str(small_dataset), str(tmp_path / "out"))
+            monkeypatch.setattr(detection_task, "CenterFaceDetector", refuse)
+            monkeypatch.setattr(detection_task, "_detectors", {})
+        render = RenderSpec.from_settings()
+        masked = mask_faces(found, str(small_dataset), str(tmp_path / "out"), render)
         return sum(1 for image in masked.images if image.status.value == "written")
 
     assert detect_then_mask(raising=True) == 2
-    assert Anonymizer is not None

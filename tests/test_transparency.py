@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
-from anon_tasks.imaging.codec import decode_image, detector_views
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.imaging.decoded import detector_views
 from anon_tasks.pipeline.anonymizer import Anonymizer
 
 LUMA = (0.299, 0.587, 0.114)
@@ -72,10 +73,8 @@ def _faces_a_viewer_sees(anonymizer: Anonymizer, content: bytes) -> int:
     frame = decode_image(content).frames[0]
     found = 0
     for view in detector_views(frame):
-        faces = anonymizer.detector.detect_quality(
-            view, anonymizer.detection.quality, score_floor=0.4
-        )
-        found = max(found, len(faces.above(0.4)))
+        faces = anonymizer.detector.detect_quality(view)
+        found = max(found, len(faces.above(anonymizer.detection.threshold)))
     return found
 
 

@@ -1,9 +1,10 @@
 """The exceptions anon-tasks raises.
 
-One base class, three branches::
+One base class and its branches (every class is here but the last, which belongs to the flow
+that raises it)::
 
     AnonTasksError
-    ├── ConfigurationError   bad settings or paths; raised before any work starts
+    ├── ConfigurationError   bad settings or paths; raised before any work starts (a ValueError)
     ├── ModelError           the detector model is missing, altered or cannot run
     │   └── ProviderError    an execution provider was asked for and cannot load
     ├── ImageError           one image cannot be anonymised; the run records it and goes on
@@ -13,7 +14,10 @@ One base class, three branches::
     │   ├── ImageEncodeError       the anonymised pixels could not be encoded
     │   ├── UnsafePathError        a path that would lead outside its root, or into the source
     │   └── UnreadableFileError    not a regular file, too large, or a read that took too long
-    └── SidecarRefusedError  a caption sidecar that is not plain text, or carries image data
+    ├── SidecarRefusedError  a caption sidecar that is not plain text, or carries image data
+    ├── DeviceBusyError      no inference device could be leased in time (a TimeoutError)
+    └── PartitionFailedError a partition's flow run did not complete
+                             (``anon_tasks.flows.anonymize_partitioned``)
 
 Every ``ImageError`` carries the name of the file it is about, so a report can list failures
 without the caller threading names through. Nothing here holds credentials: messages are safe
@@ -25,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "AnonTasksError",
     "ConfigurationError",
+    "DeviceBusyError",
     "ImageDecodeError",
     "ImageEncodeError",
     "ImageError",
@@ -114,3 +119,8 @@ class SidecarRefusedError(AnonTasksError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class DeviceBusyError(AnonTasksError, TimeoutError):
+    """No inference device could be leased before the timeout (every slot of every candidate
+    stayed busy). Also a ``TimeoutError``, as it was before joining this hierarchy."""

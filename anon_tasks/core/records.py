@@ -119,7 +119,9 @@ class ManifestRow(_Record):
     output: str | None = Field(description="Path relative to dest, or null when failed.")
     status: ImageStatus
     faces: tuple[ManifestFace, ...] = Field(
-        default=(), description="Faces scored above the threshold, before mask_scale."
+        default=(),
+        description="Faces scoring strictly above the threshold (as the reference keeps them), "
+        "before mask_scale.",
     )
     error: str | None = None
     source_fingerprint: str

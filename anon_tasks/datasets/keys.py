@@ -1,5 +1,9 @@
 """Cache keys from content and from the settings models themselves, never from paths alone.
 
+Two values carry them: ``detection_key``/``shard_detection_key`` for stored detections, and the
+``RenderSpec``, the one description of what an image's output depends on, used alike by the
+planner (is the output in dest up to date?) and by the mask and write tasks.
+
 A key digests everything that determines a result: the image's content fingerprint, the model's
 SHA-256, every settings field that can change the result, and the package version. Keys are
 derived from the settings models' fields, not from hand-written lists of them: a field added
@@ -14,19 +18,20 @@ import json
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from anon_tasks.core.records import ImageRef
 from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
 from anon_tasks.core.version import __version__
 from anon_tasks.detection.detector import detection_floor
+from anon_tasks.detection.model import load_model_file
 
 __all__ = [
     "DETECTION_NEUTRAL_FIELDS",
     "KEY_SCHEMA",
     "OUTPUT_NEUTRAL_FIELDS",
+    "RenderSpec",
     "detection_key",
-    "render_key",
     "shard_detection_key",
 ]
 
@@ -134,24 +139,66 @@ def shard_detection_key(
     return _digest("detect-shard", {**context, "images": listed})
 
 
-def render_key(
-    image: ImageRef,
-    *,
-    model_sha256: str,
-    detection: DetectionSettings,
-    masking: MaskSettings,
-    output: OutputSettings,
-    run: RunSettings,
-) -> str:
-    """Key of everything that determines an image's output bytes and its sidecars."""
-    return _digest(
-        "render",
-        {
-            "schema": KEY_SCHEMA,
-            "image": [image.relative_path, image.fingerprint],
-            "sidecars": [[s.relative_path, s.fingerprint] for s in image.sidecars],
-            "model": model_sha256,
-            "settings": _fields((detection, masking, output, run), OUTPUT_NEUTRAL_FIELDS),
-            "version": __version__,
-        },
-    )
+class RenderSpec(BaseModel):
+    """Everything that decides an image's output bytes and sidecars, as one value.
+
+    The planner asks it whether an output is up to date (:meth:`key`); the mask task takes the
+    threshold, masking and output settings and the caption note from it; the write task records
+    its parameters. Built once per run.
+
+    Attributes:
+        model_sha256: SHA-256 of the model file that found the faces.
+        detection: ``threshold`` selects the faces to mask; ``quality``, ``model_path`` and
+            ``device`` serve a detection again when a source changed under the run.
+        masking: Method and its parameters.
+        output: Encoder settings and the pixel limit.
+        run: ``caption_note`` (the other run fields organise the work; see
+            ``OUTPUT_NEUTRAL_FIELDS``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model_sha256: str
+    detection: DetectionSettings
+    masking: MaskSettings
+    output: OutputSettings
+    run: RunSettings
+
+    @classmethod
+    def from_settings(
+        cls,
+        detection: DetectionSettings | None = None,
+        masking: MaskSettings | None = None,
+        output: OutputSettings | None = None,
+        run: RunSettings | None = None,
+    ) -> RenderSpec:
+        """The spec of a run with these settings (defaults for those not given).
+
+        Example:
+            >>> render = RenderSpec.from_settings(masking=MaskSettings(method="mosaic"))
+            >>> masked = mask_faces(found, "data/raw", "data/clean", render)
+        """
+        detection = detection or DetectionSettings()
+        return cls(
+            model_sha256=load_model_file(detection.model_path).sha256,
+            detection=detection,
+            masking=masking or MaskSettings(),
+            output=output or OutputSettings(),
+            run=run or RunSettings(),
+        )
+
+    def key(self, image: ImageRef) -> str:
+        """Key of everything that determines ``image``'s output bytes and its sidecars."""
+        return _digest(
+            "render",
+            {
+                "schema": KEY_SCHEMA,
+                "image": [image.relative_path, image.fingerprint],
+                "sidecars": [[s.relative_path, s.fingerprint] for s in image.sidecars],
+                "model": self.model_sha256,
+                "settings": _fields(
+                    (self.detection, self.masking, self.output, self.run), OUTPUT_NEUTRAL_FIELDS
+                ),
+                "version": __version__,
+            },
+        )

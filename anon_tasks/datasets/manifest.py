@@ -15,15 +15,10 @@ from collections.abc import Iterable
 from anon_tasks.core.errors import ImageError
 from anon_tasks.core.records import ImageStatus, ManifestRow
 from anon_tasks.core.settings import DetectionSettings, MaskSettings
-from anon_tasks.storage.files import (
-    StorageOptions,
-    is_local,
-    join_url,
-    local_path,
-    read_bytes,
-    url_to_fs,
-    write_bytes_atomic,
-)
+from anon_tasks.core.urls import is_local, local_path
+from anon_tasks.storage.locations import StorageOptions, join_url, url_to_fs
+from anon_tasks.storage.reads import read_bytes
+from anon_tasks.storage.writes import write_bytes_atomic
 
 __all__ = [
     "DEFAULT_CACHE_DIR",

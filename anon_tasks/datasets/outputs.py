@@ -18,16 +18,10 @@ from pathlib import Path
 
 from anon_tasks.core.errors import UnsafePathError
 from anon_tasks.core.records import ManifestRow
+from anon_tasks.core.urls import is_local, local_path
 from anon_tasks.datasets.manifest import MANIFEST_DIR
-from anon_tasks.storage.files import (
-    StorageOptions,
-    file_fingerprint,
-    is_local,
-    join_url,
-    local_path,
-    location_within,
-    url_to_fs,
-)
+from anon_tasks.storage.fingerprints import file_fingerprint
+from anon_tasks.storage.locations import StorageOptions, join_url, location_within, url_to_fs
 
 __all__ = ["produced_paths", "recorded_outputs", "remove_files", "remove_orphans"]
 

@@ -15,17 +15,9 @@ import os
 from anon_tasks.core.errors import ConfigurationError
 from anon_tasks.core.formats import format_for_name
 from anon_tasks.core.settings import BLOCK_SLUG
+from anon_tasks.core.urls import is_local, local_path, redact_url, url_problem
 from anon_tasks.datasets.manifest import DEFAULT_CACHE_DIR, MANIFEST_DIR, STAGING_DIR
-from anon_tasks.storage.files import (
-    StorageOptions,
-    is_local,
-    join_url,
-    local_path,
-    location_within,
-    redact_url,
-    url_problem,
-    url_to_fs,
-)
+from anon_tasks.storage.locations import StorageOptions, join_url, location_within, url_to_fs
 
 __all__ = ["check_dataset_paths", "check_file_paths"]
 

@@ -1,4 +1,6 @@
-"""Which images a run must redo: those whose output is not already what this run would write.
+"""A run's plan: which images it must redo, and what dest holds that it may have to remove.
+
+An image must be redone unless its output is already what this run would write.
 
 An image is up to date when the previous manifest recorded it as written (or unchanged) under
 the same render key, and its output in dest still has the fingerprint recorded then. Everything
@@ -14,17 +16,59 @@ trusted as unchanged: it is read again, and its bytes' digest decides.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
-from anon_tasks.datasets.manifest import unchanged_row
+from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow, SkippedEntry
+from anon_tasks.datasets.keys import RenderSpec
+from anon_tasks.datasets.listing import file_fingerprints
+from anon_tasks.datasets.manifest import (
+    MANIFEST_DIR,
+    manifest_url,
+    read_recorded_rows,
+    unchanged_row,
+)
+from anon_tasks.datasets.sharding import partition_of, stable_shards
+from anon_tasks.storage.locations import location_within
+from anon_tasks.storage.resolved import ResolvedStorage
 
-__all__ = ["RACY_WINDOW_NS", "is_racy", "is_up_to_date", "up_to_date_rows"]
+__all__ = [
+    "RACY_WINDOW_NS",
+    "RunPlan",
+    "is_racy",
+    "is_up_to_date",
+    "plan_run",
+    "split_listing",
+    "up_to_date_rows",
+]
 
 #: Status changes this close to (or after) the listing make a fingerprint untrustworthy: local
 #: file systems keep status-change times in clock ticks of a few milliseconds at most.
 RACY_WINDOW_NS = 20_000_000
 _CTIME = re.compile(r"(?:^|:)ctime_ns:(\d+)(?::|$)")
+
+
+def split_listing(
+    entries: Iterable[ImageRef | SkippedEntry],
+) -> tuple[list[ImageRef], list[SkippedEntry]]:
+    """A source's images (sorted by path) and the entries a run skips, from its listing.
+
+    Images inside a source folder named like dest's bookkeeping folder are skipped: their
+    outputs would land among the manifest and be taken for the tool's own files.
+    """
+    images: list[ImageRef] = []
+    skipped: list[SkippedEntry] = []
+    for entry in entries:
+        if isinstance(entry, ImageRef) and entry.relative_path.startswith(MANIFEST_DIR + "/"):
+            entry = SkippedEntry(
+                relative_path=entry.relative_path,
+                reason=f"inside a source folder named {MANIFEST_DIR}, which dest reserves for "
+                "the manifest",
+                fingerprint=entry.fingerprint,
+            )
+        (images if isinstance(entry, ImageRef) else skipped).append(entry)
+    return sorted(images, key=lambda image: image.relative_path), skipped
 
 
 def is_racy(fingerprint: str, listed_at_ns: int | None) -> bool:
@@ -89,3 +133,110 @@ def up_to_date_rows(
             image, previous.get(image.relative_path), key_for(image), output_fingerprints.get
         )
     }
+
+
+@dataclass
+class RunPlan:
+    """What a run has to do, decided before any work.
+
+    Attributes:
+        images: This run's images (its partition's, when partitioned).
+        shards: All of them in content-defined shards.
+        todo: The shards with at least one image to redo.
+        up_to_date_rows: ``unchanged`` rows of the images of the other shards.
+        previous: The latest row of each image, from this run's manifest and any journals.
+        skipped: Entries of the source this run does not process.
+        listed_at_ns: When the source was listed (rows record it; see ``is_racy``).
+        source_empty: The source listed nothing at all, before any partition was taken.
+        recorded: What any manifest or journal in dest records as written, by source path.
+        journals: Journals of stopped runs (this partition's), deleted once this run's
+            manifest holds what they record.
+    """
+
+    images: list[ImageRef]
+    shards: list[list[ImageRef]]
+    todo: list[list[ImageRef]]
+    up_to_date_rows: list[ManifestRow]
+    previous: dict[str, ManifestRow]
+    skipped: list[SkippedEntry]
+    listed_at_ns: int
+    source_empty: bool = False
+    recorded: dict[str, list[ManifestRow]] = field(default_factory=dict)
+    journals: list[str] = field(default_factory=list)
+
+    @property
+    def gone(self) -> list[ManifestRow]:
+        """Rows recording outputs of images no longer in the source."""
+        listed = {image.relative_path for image in self.images}
+        return [row for path, rows in self.recorded.items() if path not in listed for row in rows]
+
+
+def plan_run(
+    images: Sequence[ImageRef],
+    skipped: Sequence[SkippedEntry],
+    *,
+    dest: str,
+    render: RenderSpec,
+    storage: ResolvedStorage,
+    listed_at_ns: int,
+) -> RunPlan:
+    """Plan a run over a listing of the source, from what dest's manifests and files say.
+
+    Args:
+        images: The source's images (``split_listing``), all partitions.
+        skipped: The entries the listing skipped, all partitions.
+        dest: The output root; its manifests, journals and file fingerprints are read.
+        render: The run's render spec (its ``run`` names the partition and shard size).
+        storage: How to reach dest.
+        listed_at_ns: When the listing started.
+    """
+    run = render.run
+
+    def mine(path: str) -> bool:
+        """Whether ``path`` belongs to this run's partition (every path, unpartitioned)."""
+        return run.partition is None or partition_of(path, run.partition[1]) == run.partition[0]
+
+    own_images = [image for image in images if mine(image.relative_path)]
+    own_skipped = [entry for entry in skipped if mine(entry.relative_path)]
+    manifests, journals = read_recorded_rows(dest, storage.options)
+    own_manifest = manifest_url(dest, run.partition)
+    previous = {
+        row.source: row
+        for url, rows in manifests.items()
+        if location_within(url, own_manifest, storage.options)
+        for row in rows
+    }
+    own_journals = [url for url, rows in journals.items() if all(mine(r.source) for r in rows)]
+    journal_rows = [row for rows in journals.values() for row in rows if mine(row.source)]
+    # A stopped run's journals are newer than the manifest: what they record is in dest now.
+    previous.update((row.source, row) for row in journal_rows)
+    recorded: dict[str, list[ManifestRow]] = defaultdict(list)
+    manifest_rows = [row for rows in manifests.values() for row in rows]
+    for row in [*manifest_rows, *journal_rows]:  # every layout: plain, any partition count
+        if mine(row.source) and row.output is not None:
+            recorded[row.source].append(row)
+    up_to_date = up_to_date_rows(
+        own_images,
+        previous,
+        file_fingerprints(dest, skip_dir=MANIFEST_DIR, options=storage.options),
+        render.key,
+    )
+    shards = stable_shards(
+        own_images, [image.relative_path for image in own_images], run.shard_size
+    )
+    todo, done = [], []
+    for shard in shards:
+        stale = any(image.relative_path not in up_to_date for image in shard)
+        (todo if stale else done).append(shard)
+    return RunPlan(
+        images=own_images,
+        shards=shards,
+        todo=todo,
+        up_to_date_rows=[up_to_date[image.relative_path] for shard in done for image in shard],
+        previous=previous,
+        skipped=own_skipped,
+        listed_at_ns=listed_at_ns,
+        source_empty=not images and not skipped,
+        recorded=dict(recorded),
+        journals=own_journals,
+    )

@@ -126,7 +126,7 @@ def _read_model(model_path: str | None) -> ModelFile:
 
 def _shown(url: str) -> str:
     """``url`` as an error may name it: without a password or query string."""
-    from anon_tasks.storage.files import redact_url
+    from anon_tasks.core.urls import redact_url
 
     return repr(redact_url(url))
 
@@ -139,7 +139,7 @@ def _read_bounded(url: str, what: str) -> bytes:
     Raises:
         ModelError: Missing, not a regular file, too large, too slow or unreadable.
     """
-    from anon_tasks.storage.files import (
+    from anon_tasks.storage.reads import (
         read_bytes,  # imports fsspec: not needed to import this module
     )
 

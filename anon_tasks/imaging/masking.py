@@ -39,6 +39,7 @@ import numpy as np
 from anon_tasks.core.errors import UnsupportedImageError
 from anon_tasks.core.faces import Face
 from anon_tasks.core.settings import AnonymizeMethod, MaskSettings
+from anon_tasks.imaging.decoded import color_channel_count
 
 __all__ = ["clip_box_px", "face_roll_rad", "mask_faces", "masked_pixels", "scaled_box"]
 
@@ -62,8 +63,6 @@ ELLIPSE_REACH = 1.15
 #: Largest roll (degrees) the ellipse is turned by: an ellipse tangent to all four sides of a
 #: box exists only below 45 degrees, and near it the landmarks of a sideways face are unreliable.
 MAX_ROLL_DEG = 40.0
-
-_SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,10 @@ def mask_faces(image: np.ndarray, faces: Sequence[Face], settings: MaskSettings)
     Example:
         >>> masked = mask_faces(rgb, faces, MaskSettings(method=AnonymizeMethod.MOSAIC))
     """
-    colour_channels = _colour_channels(image)
+    try:
+        colour_channels = color_channel_count(image)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedImageError(f"cannot mask these pixels: {exc}", source="<array>") from exc
     out = image.copy()
     if settings.method is AnonymizeMethod.NONE or not faces:
         return out
@@ -263,24 +265,6 @@ def _shape_mask(region: _FaceRegion, settings: MaskSettings) -> np.ndarray | Non
     if settings.ellipse and settings.method in _ELLIPSE_METHODS:
         return _ellipse_mask(region)
     return None
-
-
-def _colour_channels(image: np.ndarray) -> int:
-    """Number of leading colour channels: 1 for gray (with or without alpha), 3 for RGB(A)."""
-    if image.dtype not in _SUPPORTED_DTYPES:
-        raise UnsupportedImageError(
-            f"cannot mask {image.dtype} pixels (uint8 or uint16 only)", source="<array>"
-        )
-    if image.ndim == 2:
-        return 1
-    if image.ndim == 3 and image.shape[2] in (1, 2):
-        return 1
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        return 3
-    raise UnsupportedImageError(
-        f"cannot mask an array of shape {image.shape} (HxW, HxWx2, HxWx3 or HxWx4 only)",
-        source="<array>",
-    )
 
 
 def _ellipse_mask(region: _FaceRegion) -> np.ndarray:
@@ -400,18 +384,13 @@ def _mosaic_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettin
     return blocks[:height, :width].copy()
 
 
-def _keep_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings) -> np.ndarray:
-    """No masking (detect only)."""
-    return pixels.copy()
-
-
-#: The masking strategy for each method; each returns new pixels for one face region.
+#: The masking strategy for each method but ``NONE`` (which masks nothing: ``mask_faces``
+#: returns a copy before looking here); each returns new pixels for one face region.
 _MASKERS: Mapping[AnonymizeMethod, _Masker] = MappingProxyType(
     {
         AnonymizeMethod.BLUR: _blur_region,
         AnonymizeMethod.SOLID: _solid_region,
         AnonymizeMethod.MOSAIC: _mosaic_region,
-        AnonymizeMethod.NONE: _keep_region,
     }
 )
 

@@ -1,10 +1,12 @@
 """``anonymize-workers``: create a work pool and start one Prefect process worker per device.
 
-On a GPU host each worker sees exactly one GPU (``CUDA_VISIBLE_DEVICES``) and takes one flow run
-at a time, so the pool hands each run a device of its own::
+On a GPU host each worker sees exactly one GPU (``CUDA_VISIBLE_DEVICES``) and takes ``--limit``
+flow runs at a time (default 1), which share its device through the device lease, so the pool
+hands each run a device it does not fight another worker for::
 
     anonymize-workers --pool anon-gpu                      # one worker per visible GPU
     anonymize-workers --pool anon-gpu --devices 0,2        # GPUs 0 and 2 only
+    anonymize-workers --pool anon-gpu --limit 2            # two runs at a time per GPU
     anonymize-workers --pool anon-cpu --devices cpu:0,cpu:1  # logical CPU devices
 
 The command stays in the foreground and stops its workers on SIGINT or SIGTERM.
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from anon_tasks.detection.devices import MAX_SLOTS, SLOTS_ENV
 
-logger = logging.getLogger("anon_tasks.orchestration.workers")
+logger = logging.getLogger("anon_tasks.orchestration.workers")  # also when run as __main__
 
 #: Seconds a worker gets to stop after SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 20.0

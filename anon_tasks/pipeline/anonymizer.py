@@ -1,4 +1,8 @@
-"""The library path: decode, detect, mask and encode one image, with no Prefect involved.
+"""The library facade: decode, detect, mask and encode one image, with no Prefect involved.
+
+A small front over the pieces the Prefect tasks use too (``pipeline.finding`` for the faces,
+``imaging`` for pixels, ``storage`` for files). The threshold is applied here, once, to the
+detector's candidates.
 
 Fail closed: an image is encoded only after every frame has been searched and masked, and a file
 is written only once its bytes exist in full. Any error leaves no output behind.
@@ -10,8 +14,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from anon_tasks.core.errors import ConfigurationError
 from anon_tasks.core.faces import Face, faces_above
 from anon_tasks.core.formats import format_for_name
@@ -20,25 +22,16 @@ from anon_tasks.core.settings import (
     DetectionSettings,
     MaskSettings,
     OutputSettings,
-    Quality,
 )
-from anon_tasks.detection.detector import (
-    CenterFaceDetector,
-    detection_floor,
-    fits_one_pass,
-    merge_detections,
-)
-from anon_tasks.imaging.codec import (
-    DecodedImage,
-    decode_image,
-    detector_views,
-    encode_image,
-    is_opaque,
-    to_detector_rgb,
-    with_frames,
-)
+from anon_tasks.detection.detector import CenterFaceDetector
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.imaging.decoded import DecodedImage, with_frames
+from anon_tasks.imaging.encode import encode_image
 from anon_tasks.imaging.masking import mask_faces
-from anon_tasks.storage.files import location_within, read_bytes, write_bytes_atomic
+from anon_tasks.pipeline.finding import find_faces
+from anon_tasks.storage.locations import location_within
+from anon_tasks.storage.reads import read_bytes
+from anon_tasks.storage.writes import write_bytes_atomic
 
 __all__ = ["AnonymizedImage", "Anonymizer", "mask_image"]
 
@@ -109,71 +102,9 @@ class Anonymizer:
         """Decode upright frames, refusing images above the pixel limit."""
         return decode_image(content, source=source, max_pixels=self.output.max_pixels)
 
-    def detect(self, image: DecodedImage, *, score_floor: float | None = None) -> tuple[Face, ...]:
-        """Faces in every frame scoring above ``score_floor`` (default: the threshold)."""
-        floor = self.detection.threshold if score_floor is None else score_floor
-        faces: list[Face] = []
-        for index, frame in enumerate(image.frames):
-            # A transparent frame is searched as viewers may show it (detector_views).
-            found = merge_detections(
-                [
-                    self.detector.detect_quality(
-                        view, self.detection.quality, score_floor=detection_floor(floor)
-                    )
-                    for view in detector_views(frame)
-                ]
-            )
-            faces.extend(found.above(floor).to_faces(frame=index))
-        return tuple(faces)
-
-    def batch_key(self, image: DecodedImage) -> tuple[int, int] | None:
-        """The model input (canvas) size ``image`` is batched under, or None when it runs alone.
-
-        Where the device gains from batches (CUDA), a single-frame image that balanced mode
-        runs in one pass is batched with others of the same canvas size.
-        """
-        if (
-            self.detector.batch_size == 1
-            or len(image.frames) != 1
-            or self.detection.quality is not Quality.BALANCED
-            or not is_opaque(image.frames[0])
-        ):
-            return None
-        height, width = image.frames[0].shape[:2]
-        if not fits_one_pass(height, width):
-            return None
-        return self.detector.canvas_size_wh(width, height)
-
-    def detect_many(
-        self, images: Sequence[DecodedImage], *, score_floor: float | None = None
-    ) -> list[tuple[Face, ...]]:
-        """Faces of several images, as :meth:`detect` gives them for each one.
-
-        Images with the same :meth:`batch_key` run together, in runs of the detector's batch
-        size for their size (a short one padded, so each size has one input shape); boxes are
-        the same as image by image. Images that run alone keep batch 1.
-        """
-        floor = self.detection.threshold if score_floor is None else score_floor
-        results: list[tuple[Face, ...] | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-        for index, image in enumerate(images):
-            key = self.batch_key(image)
-            if key is None:
-                results[index] = self.detect(image, score_floor=floor)
-            else:
-                groups.setdefault(key, []).append((index, to_detector_rgb(image.frames[0])))
-        for key, members in groups.items():
-            batch_size = self.detector.batch_size_for(key)
-            for start in range(0, len(members), batch_size):
-                chunk = members[start : start + batch_size]
-                found = self.detector.detect_batch(
-                    [rgb for _, rgb in chunk],
-                    score_floor=detection_floor(floor),
-                    pad_to=batch_size,
-                )
-                for (index, _), faces in zip(chunk, found, strict=True):
-                    results[index] = faces.above(floor).to_faces(frame=0)
-        return [faces if faces is not None else () for faces in results]
+    def detect(self, image: DecodedImage) -> tuple[Face, ...]:
+        """Faces above the threshold in every frame of ``image`` (the quality's passes)."""
+        return faces_above(find_faces(self.detector, image), self.detection.threshold)
 
     def mask(self, image: DecodedImage, faces: tuple[Face, ...]) -> DecodedImage:
         """Mask ``faces`` in their frames; returns new pixels with the same metadata."""
@@ -191,7 +122,7 @@ class Anonymizer:
                 its format. Nothing is returned for it.
         """
         image = self.decode(content, source=source)
-        faces = faces_above(self.detect(image), self.detection.threshold)
+        faces = self.detect(image)
         encoded = self.encode(self.mask(image, faces), source=source)
         logger.debug("%s: %d face(s) in %d frame(s)", source, len(faces), len(image.frames))
         return AnonymizedImage(
@@ -201,7 +132,7 @@ class Anonymizer:
     def find_faces_in_file(self, source_url: str) -> tuple[Face, ...]:
         """The faces above the threshold in the file at ``source_url`` (detection only)."""
         image = self.decode(read_bytes(source_url), source=source_url)
-        return faces_above(self.detect(image), self.detection.threshold)
+        return self.detect(image)
 
     def anonymize_file(self, source_url: str, dest_url: str) -> AnonymizedImage:
         """Anonymise the file at ``source_url`` into ``dest_url`` (local paths or fsspec URLs).
@@ -225,7 +156,7 @@ class Anonymizer:
             )
         content = read_bytes(source_url)
         image = self.decode(content, source=source_url)
-        faces = faces_above(self.detect(image), self.detection.threshold)
+        faces = self.detect(image)
         encoded = encode_image(
             self.mask(image, faces),
             settings=self.output,

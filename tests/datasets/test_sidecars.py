@@ -22,14 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from anon_tasks.core.errors import SidecarRefusedError
-from anon_tasks.datasets.captions import (
-    BASE64_RUN_LIMIT,
-    MAX_JSON_DEPTH,
-    NUMERIC_RUN_LIMIT,
-    SIDECAR_MAX_BYTES,
-    add_caption_note,
-    sanitize_sidecar,
-)
+from anon_tasks.datasets.captions import add_caption_note
+from anon_tasks.datasets.image_data import BASE64_RUN_LIMIT, NUMERIC_RUN_LIMIT
+from anon_tasks.datasets.sidecars import MAX_JSON_DEPTH, SIDECAR_MAX_BYTES, sanitize_sidecar
 
 NOTE = "faces are blurred"
 

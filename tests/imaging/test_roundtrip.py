@@ -29,7 +29,9 @@ from PIL import Image, ImageSequence
 
 from anon_tasks.core.errors import ImageDecodeError, ImageError, UnsupportedImageError
 from anon_tasks.core.settings import OutputSettings
-from anon_tasks.imaging.codec import DecodedImage, decode_image, encode_image, with_frames
+from anon_tasks.imaging.decode import decode_image
+from anon_tasks.imaging.decoded import DecodedImage, with_frames
+from anon_tasks.imaging.encode import encode_image
 
 DEFAULT = OutputSettings()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

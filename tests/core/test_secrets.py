@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.core.secrets import looks_like_secret_name, looks_like_secret_value
 from anon_tasks.core.settings import (
     DetectionSettings,
     RunSettings,
     build_settings,
     configuration_error,
-    looks_like_secret_name,
-    looks_like_secret_value,
 )
 
 #: Words of credential names across clouds and fsspec backends.

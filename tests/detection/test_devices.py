@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_tasks.detection.devices import DeviceBusyError, available_devices, device_lease
+from anon_tasks.core.errors import DeviceBusyError
+from anon_tasks.detection.devices import available_devices, device_lease
 from anon_tasks.orchestration.workers import worker_specs
 
 
@@ -126,6 +127,55 @@ def test_device_slots_let_that_many_runs_share_a_device(monkeypatch) -> None:
     finally:
         first.kill()
         reap(first)
+
+
+def test_busy_is_a_timeout_and_an_anon_tasks_error() -> None:
+    from anon_tasks.core.errors import AnonTasksError
+
+    assert issubclass(DeviceBusyError, TimeoutError)
+    assert issubclass(DeviceBusyError, AnonTasksError)
+
+
+WITHOUT_FILE_LOCKS = """
+import sys, threading
+sys.modules["fcntl"] = None  # as on Windows (and msvcrt as off Windows): neither imports
+sys.modules["msvcrt"] = None
+from anon_tasks.core.errors import DeviceBusyError
+from anon_tasks.detection.devices import device_lease
+with device_lease(["cpu:0"]) as device:
+    assert device == "cpu:0"
+    with device_lease(["cpu:0", "cpu:1"]) as other:
+        assert other == "cpu:1"
+    errors = []
+    def contend():
+        try:
+            with device_lease(["cpu:0"], timeout_seconds=0.2):
+                pass
+        except DeviceBusyError as exc:
+            errors.append(exc)
+    thread = threading.Thread(target=contend)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+with device_lease(["cpu:0"], timeout_seconds=1) as device:
+    assert device == "cpu:0"
+print("ok")
+"""
+
+
+def test_without_file_locks_the_package_imports_and_leases_exclude_within_the_process() -> None:
+    """Where neither fcntl nor msvcrt exists, leases degrade to one process (with a warning)."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_FILE_LOCKS],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert "device leases exclude the runs of one process only" in result.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "65"])

@@ -103,7 +103,7 @@ def test_gate_lets_shared_holders_overlap_and_exclusive_ones_run_alone() -> None
 def test_single_threaded_cpu_runs_equal_multi_threaded_ones_bit_for_bit(astronaut_rgb) -> None:
     """One image per core with single-threaded runs gives the same outputs as all cores on
     one image: the choice of thread layout never changes a detection."""
-    from anon_tasks.detection.detector import network_batch, network_size_wh
+    from anon_tasks.detection.centerface import network_batch, network_size_wh
 
     model = load_model_file()
     single = get_session(model, DeviceSpec("cpu"), intra_op_threads=1)

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps, PngImagePlugin
 
-from anon_tasks.imaging.codec import decode_image
+from anon_tasks.imaging.decode import decode_image
 from anon_tasks.pipeline.anonymizer import Anonymizer
-from tests.test_roundtrip import (
+from tests.imaging.test_roundtrip import (
     display_difference,
     displayed,
     pil_file,

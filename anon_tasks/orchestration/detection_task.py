@@ -1,0 +1,200 @@
+"""The detection task: every face candidate of a shard, found once and cached twice.
+
+Prefect caches ``detect_faces`` per shard (its key digests every image's content fingerprint,
+the model's SHA-256, the score floor and the package version), and each image's detections are
+also stored under their own key in the same result storage, so a shard that gains one image
+runs the model on that image only. The model runs under an exclusive device lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
+
+from anon_tasks.core.errors import ImageError
+from anon_tasks.core.faces import Face
+from anon_tasks.core.records import ImageDetections, ImageRef, ShardDetections
+from anon_tasks.core.settings import DetectionSettings, OutputSettings
+from anon_tasks.datasets.keys import detection_key, shard_detection_key
+from anon_tasks.detection.detector import CenterFaceDetector
+from anon_tasks.detection.devices import available_devices, device_lease
+from anon_tasks.detection.model import load_model_file
+from anon_tasks.pipeline.decoded_cache import DecodedCache
+from anon_tasks.pipeline.stages import FetchedImage, detect_images
+from anon_tasks.storage.resolved import NO_OPTIONS, ResolvedStorage
+
+__all__ = ["detect_faces", "leased_detector", "vanished"]
+
+_DEFAULT_DETECTION = DetectionSettings()
+_DEFAULT_OUTPUT = OutputSettings()
+
+# Detectors are cheap (the ONNX session is shared per process and device) but not free.
+_detectors: dict[DetectionSettings, CenterFaceDetector] = {}
+_detectors_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def leased_detector(
+    detection: DetectionSettings, hint: int = 0
+) -> Iterator[tuple[str, CenterFaceDetector]]:
+    """A device leased exclusively (trying the ``hint``-th available one first) and the shared
+    detector on it; the lease ends with the block."""
+    devices = available_devices(detection.device)
+    start = hint % len(devices)
+    with device_lease(devices[start:] + devices[:start]) as device:
+        settings = detection.model_copy(update={"device": device})
+        with _detectors_lock:
+            if settings not in _detectors:
+                _detectors[settings] = CenterFaceDetector(settings)
+            detector = _detectors[settings]
+        yield device, detector
+
+
+def vanished(image: ImageRef) -> str:
+    """The error of an image removed from the source while the run read it."""
+    return f"{image.relative_path}: removed from the source during the run"
+
+
+def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    detection: DetectionSettings = parameters.get("detection") or _DEFAULT_DETECTION
+    return shard_detection_key(
+        parameters["images"],
+        source=parameters["source"],
+        model_sha256=load_model_file(detection.model_path).sha256,
+        detection=detection,
+        output=parameters.get("output") or _DEFAULT_OUTPUT,
+    )
+
+
+def _image_detections(
+    item: FetchedImage, outcome: tuple[Face, ...] | Exception, score_floor: float
+) -> ImageDetections:
+    """The record of one image: its candidates down to ``score_floor``, or its error (logged)."""
+    image = item.image
+    if isinstance(outcome, FileNotFoundError):  # removed since it was listed
+        get_run_logger().warning("%s vanished before it could be read", image.relative_path)
+        return ImageDetections(image=image, score_floor=score_floor, error=vanished(image))
+    if isinstance(outcome, Exception):
+        reason = outcome.reason if isinstance(outcome, ImageError) else str(outcome)
+        get_run_logger().warning("cannot read %s: %s", image.relative_path, reason)
+        return ImageDetections(
+            image=image,
+            score_floor=score_floor,
+            error=str(outcome),
+            content_sha256=item.content_sha256,
+        )
+    frames = len(item.decoded.frames) if item.decoded is not None else 0
+    return ImageDetections(
+        image=image,
+        faces=outcome,
+        score_floor=score_floor,
+        frame_count=frames,
+        content_sha256=item.content_sha256,
+    )
+
+
+def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetections | None:
+    store = context.result_store if context else None
+    if store is None or not store.exists(key):
+        return None
+    try:
+        value = store.read(key).result
+    except Exception:  # an unreadable record is recomputed, never trusted
+        return None
+    if not isinstance(value, ImageDetections):
+        return None
+    if value.error is None and value.content_sha256 is None:
+        return None  # not bound to the bytes it was computed on: recompute
+    return value
+
+
+@task(
+    name="detect-faces",
+    cache_key_fn=_shard_cache_key,
+    persist_result=True,
+    # Prefect would also keep the last 1,000 records it wrote in memory (its result store's
+    # LRU cache): with a record per image that grows with the dataset. They live in storage.
+    cache_result_in_memory=False,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+)
+def detect_faces(
+    images: Sequence[ImageRef],
+    source: str,
+    detection: DetectionSettings = _DEFAULT_DETECTION,
+    output: OutputSettings = _DEFAULT_OUTPUT,
+    device_hint: int = 0,
+    storage: ResolvedStorage = NO_OPTIONS,
+    decoded: DecodedCache | None = None,
+) -> ShardDetections:
+    """Find every face candidate above the score floor in a shard of images.
+
+    Candidates down to the detector's score floor are kept, so that any threshold at or above
+    it can be applied later (by ``mask_faces``) without running the model again. Each image's
+    record carries the SHA-256 of the bytes its faces were found in. Images that cannot be
+    decoded are returned with their error; the shard goes on.
+
+    Args:
+        images: The shard's image references (from ``scan_source`` or ``list_images``).
+        source: The dataset root the references are relative to.
+        detection: Detector settings (model, quality, device); its threshold sets the floor.
+        output: Its ``max_pixels``: images above it are refused before decoding.
+        device_hint: Which of the available devices to try first (the flow spreads shards
+            round-robin); a free device is leased exclusively for the shard's inference.
+        storage: How to reach the source (``resolve_storage(run)``).
+        decoded: The run's decoded-image cache: decoded pixels wait there for ``mask_faces``.
+
+    Returns:
+        Detections per image, and how many images were read and inferred in this run.
+    """
+    logger = get_run_logger()
+    context = TaskRunContext.get()
+    store = context.result_store if context is not None else None
+    model_sha = load_model_file(detection.model_path).sha256
+    keys = {
+        image.relative_path: detection_key(
+            image, source=source, model_sha256=model_sha, detection=detection, output=output
+        )
+        for image in images
+    }
+    found: dict[str, ImageDetections] = {}
+    for image in images:
+        stored = _stored_detections(context, keys[image.relative_path])
+        if stored is not None:
+            found[image.relative_path] = stored
+    missing = [image for image in images if image.relative_path not in found]
+    device = None
+    read = inferred = 0
+    if missing:
+        with leased_detector(detection, device_hint) as (device, detector):
+            stream = detect_images(
+                detector, source, missing, storage.options, max_pixels=output.max_pixels
+            )
+            for item, outcome in stream:
+                read += int(item.was_read)
+                result = _image_detections(item, outcome, detector.score_floor)
+                if result.error is None and item.decoded is not None:
+                    inferred += 1
+                    if decoded is not None and item.content_sha256 is not None:
+                        decoded.put(item.url, item.content_sha256, item.decoded)
+                if store is not None:
+                    store.write(obj=result, key=keys[item.image.relative_path])
+                found[item.image.relative_path] = result
+    logger.info(
+        "%d image(s): %d read, %d inferred%s",
+        len(images),
+        read,
+        inferred,
+        f" on {device}" if device else "",
+    )
+    # Records (and whole cached shards) hold the references of the run that made them: bind
+    # each to this run's reference, so its caption sidecars are today's, never a cached list.
+    results = [found[image.relative_path].model_copy(update={"image": image}) for image in images]
+    return ShardDetections(
+        images=tuple(results), images_read=read, images_inferred=inferred, device=device
+    )

@@ -1,0 +1,73 @@
+"""Object-store listing against a real HTTP S3 endpoint (moto's server mode): paged through
+the public paginator of the client s3fs holds, S3's errors as s3fs raises them."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from anon_tasks.core.records import SkippedEntry
+from anon_tasks.datasets.entries import ListedFile
+from anon_tasks.datasets.remote_listing import remote_leaves
+from tests.test_s3 import MotoEndpoint
+
+BUCKET = "listing"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = MotoEndpoint()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def options(endpoint, monkeypatch) -> dict[str, str]:
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request, timeout=10).close()
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    fs.pipe({f"{BUCKET}/p/{index:05d}.jpg": b"x" for index in range(1205)})
+    fs.pipe({f"{BUCKET}/p/.hidden/a.jpg": b"x", f"{BUCKET}/p/_skip/b.jpg": b"x"})
+    fs.pipe(f"{BUCKET}/p2/outside.jpg", b"x")
+    return {"endpoint_url": endpoint}
+
+
+def test_every_page_is_listed_without_s3fs_private_calls(options, monkeypatch) -> None:
+    import s3fs
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the listing calls s3fs's private _call_s3")
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", refused)
+    leaves = list(remote_leaves(f"s3://{BUCKET}/p", "_skip", options))
+    files = [leaf for _key, leaf in leaves if isinstance(leaf, ListedFile)]
+    assert [f.relative_path for f in files] == [f"{index:05d}.jpg" for index in range(1205)]
+    assert all(f.fingerprint.startswith("etag:") and f.size == 1 for f in files)
+    skipped = [leaf for _key, leaf in leaves if isinstance(leaf, SkippedEntry)]
+    assert [(s.relative_path, s.reason) for s in skipped] == [
+        (".hidden", "hidden folder, not descended")
+    ]
+
+
+def test_a_listing_left_early_stops_asking_for_pages(options) -> None:
+    leaves = remote_leaves(f"s3://{BUCKET}/p", None, options)
+    assert next(leaves)[0] == ".hidden/"  # "." sorts before the digits
+    assert next(leaves)[0] == "00000.jpg"
+    leaves.close()  # the paginator is closed on s3fs's loop; nothing hangs
+
+
+def test_a_missing_bucket_is_file_not_found(options) -> None:
+    with pytest.raises(FileNotFoundError):
+        list(remote_leaves("s3://no-such-bucket/p", None, options))

@@ -1,0 +1,1 @@
+"""Tests of anon_tasks.imaging, one file per module."""
