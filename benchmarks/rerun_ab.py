@@ -31,7 +31,7 @@ def main() -> None:
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings
+    from anon_tasks import AnonymizeMethod, DetectionSettings, MaskSettings  # any layout
     from anon_tasks.flows import anonymize_dataset
 
     updates = {prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}

@@ -50,7 +50,6 @@ from anon_tasks.datasets.outputs import produced_paths
 from anon_tasks.datasets.planning import RunPlan, plan_run
 from anon_tasks.datasets.rows import removed_row, skipped_row
 from anon_tasks.detection.devices import available_devices, device_slots
-from anon_tasks.detection.model import load_model_file
 from anon_tasks.orchestration.credentials import resolve_storage
 from anon_tasks.orchestration.detection_task import detect_faces
 from anon_tasks.orchestration.listing_tasks import scan_source
@@ -164,6 +163,7 @@ class _ShardRun:
 def _process(plan: RunPlan, run: _Run) -> _Outcome:
     """Detect, mask and write every stale shard; shards spread over the available devices."""
     render = run.render
+    detect_only = render.masking.method is AnonymizeMethod.NONE
     outcome = _Outcome(rows=list(plan.up_to_date_rows))
     progress = ProgressReport(total=len(plan.images), done=len(plan.up_to_date_rows))
     detect = detect_faces.with_options(result_storage=result_storage_slug(run.dest, render.run))
@@ -226,10 +226,11 @@ def _process(plan: RunPlan, run: _Run) -> _Outcome:
                     "output": render.output,
                     "device_hint": index,
                     "storage": run.storage,
-                    "decoded": opaque(run.decoded),
+                    # Pixels wait for the mask task; a detect-only run has none to wait for.
+                    "decoded": None if detect_only else opaque(run.decoded),
                 },
             )
-            if render.masking.method is AnonymizeMethod.NONE:  # detect only: nothing written
+            if detect_only:  # nothing masked or written
                 in_flight.append(_ShardRun(found, None, None, len(shard)))
                 if len(in_flight) >= window:
                     collect(in_flight.popleft())
@@ -331,13 +332,7 @@ def anonymize_dataset(
     storage = resolve_storage(run)
     check_paths(source, dest, run, storage)
     device_slots()  # a malformed ANON_TASKS_DEVICE_SLOTS fails here, before any task
-    render = RenderSpec(
-        model_sha256=load_model_file(detection.model_path).sha256,
-        detection=detection,
-        masking=masking,
-        output=output,
-        run=run,
-    )
+    render = RenderSpec.from_settings(detection, masking, output, run)
     state = _Run(source, dest, render, storage, DecodedCache())
     if is_local(dest):
         remove_stale_staging_files(join_url(dest, STAGING_DIR))
@@ -351,7 +346,7 @@ def anonymize_dataset(
         storage=storage,
         listed_at_ns=listed_at_ns,
     )
-    detect_only = masking.method is AnonymizeMethod.NONE
+    detect_only = render.masking.method is AnonymizeMethod.NONE
     if detect_only:  # every image is searched; nothing in dest is written or replaced
         plan.todo, plan.up_to_date_rows = plan.shards, []
     logger.info(

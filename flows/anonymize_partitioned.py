@@ -27,6 +27,7 @@ from anon_tasks.orchestration.credentials import resolve_storage
 from anon_tasks.orchestration.preflight import check_paths
 from anon_tasks.orchestration.reporting import announce_dataset, finish_state
 from anon_tasks.storage.reads import read_bytes
+from anon_tasks.storage.resolved import ResolvedStorage
 
 __all__ = ["DEFAULT_DEPLOYMENT", "PartitionFailedError", "anonymize_partitioned"]
 
@@ -78,13 +79,13 @@ def run_partition(
 
 
 def _merge(
-    dest: str, count: int, finished: list[int], options: dict[str, Any]
+    dest: str, count: int, finished: list[int], storage: ResolvedStorage
 ) -> tuple[list[ManifestRow], list[RunSummary]]:
     rows: list[ManifestRow] = []
     summaries: list[RunSummary] = []
     for index in finished:
-        rows.extend(read_manifest(dest, (index, count), options).values())
-        content = read_bytes(summary_url(dest, (index, count)), options)
+        rows.extend(read_manifest(dest, (index, count), storage.options).values())
+        content = read_bytes(summary_url(dest, (index, count)), storage.options)
         summaries.append(RunSummary.model_validate_json(content))
     return rows, summaries
 
@@ -166,9 +167,8 @@ def anonymize_partitioned(
                 failed_partitions.append(index)
                 logger.error("partition %d/%d failed: %s", index, partitions, future.state.message)
 
-    options = dict(storage.options)
-    rows, summaries = _merge(dest, partitions, finished, options)
-    manifest = write_manifest(dest, rows, None, options, protected_root=source)
+    rows, summaries = _merge(dest, partitions, finished, storage)
+    manifest = write_manifest(dest, rows, None, storage.options, protected_root=source)
     failed_images = tuple(sorted(image for s in summaries for image in s.failed_images))
     summary = RunSummary(
         source=source,

@@ -10,7 +10,7 @@ import numpy as np
 from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
 from anon_tasks.core.settings import DetectionSettings, OutputSettings
 from anon_tasks.datasets.keys import detection_key
-from anon_tasks.datasets.listing import file_fingerprints, list_dataset
+from anon_tasks.datasets.listing import file_fingerprints, list_source
 from anon_tasks.datasets.manifest import read_manifest, write_manifest
 from anon_tasks.datasets.planning import up_to_date_rows
 from anon_tasks.imaging.decoded import DecodedImage
@@ -38,7 +38,7 @@ def test_listing_finds_images_with_their_sidecars_and_skips_the_rest(tmp_path) -
             "b/.e.jpg": b"",
         },
     )
-    images = {image.relative_path: image for image in list_dataset(str(tmp_path))}
+    images = {image.relative_path: image for image in list_source(str(tmp_path))[0]}
     assert sorted(images) == ["a.jpg", "b/C.PNG"]
     assert [s.relative_path for s in images["a.jpg"].sidecars] == ["a.json", "a.txt"]
     assert [s.relative_path for s in images["b/C.PNG"].sidecars] == ["b/C.caption"]
@@ -52,15 +52,15 @@ def test_links_to_outside_the_source_are_not_followed(tmp_path) -> None:
     make_tree(source, {"ok.jpg": b"y"})
     os.symlink(outside / "secret.jpg", source / "link.jpg")
     os.symlink(outside, source / "linked_dir")
-    assert [image.relative_path for image in list_dataset(str(source))] == ["ok.jpg"]
+    assert [image.relative_path for image in list_source(str(source))[0]] == ["ok.jpg"]
 
 
 def test_fingerprint_changes_when_a_file_changes_in_place(tmp_path) -> None:
     make_tree(tmp_path, {"a.jpg": b"one"})
-    (first,) = list_dataset(str(tmp_path))
+    (first,) = list_source(str(tmp_path))[0]
     os.utime(tmp_path / "a.jpg", ns=(1, 1))
     (tmp_path / "a.jpg").write_bytes(b"two")  # same size, new content
-    (second,) = list_dataset(str(tmp_path))
+    (second,) = list_source(str(tmp_path))[0]
     assert first.fingerprint != second.fingerprint
     common = {
         "source": "s",

@@ -81,6 +81,32 @@ def test_file_replaced_between_detection_and_masking_is_detected_again(
     assert face_visible(mirrored, output, ASTRONAUT_FACE_XYXY)  # the old box is not used
 
 
+def test_detections_kept_for_a_higher_threshold_are_never_used_for_a_lower_one(
+    tmp_path, astronaut_rgb
+) -> None:
+    """A user's flow that detects at one threshold and masks at a lower one (below the floor
+    the detections were kept to) gets its faces found again, not fewer faces masked."""
+    source, dest = tmp_path / "raw", tmp_path / "clean"
+    source.mkdir()
+    (source / "person.tif").write_bytes(_tiff(astronaut_rgb))
+
+    @flow
+    def detect_then_mask(mask_threshold: float) -> tuple[float, int, int]:
+        listing = scan_source(str(source))
+        found = detect_faces(listing.images, str(source), detection=CPU)  # floor 0.1
+        lower = CPU.model_copy(update={"threshold": mask_threshold})
+        render = RenderSpec.from_settings(detection=lower)
+        masked = mask_faces(found, str(source), str(dest / str(mask_threshold)), render)
+        written = masked.images[0]
+        return found.images[0].score_floor, masked.images_redetected, len(written.faces)
+
+    floor, redetected, faces = detect_then_mask(0.05)
+    assert floor == 0.1
+    assert redetected == 1
+    assert faces >= 1
+    assert detect_then_mask(0.3)[1] == 0  # detections down to 0.1 serve 0.3: no model run
+
+
 @pytest.mark.parametrize("method", [AnonymizeMethod.MOSAIC, AnonymizeMethod.BLUR])
 def test_copy_with_preserved_size_and_mtime_is_not_kept_as_unchanged(
     tmp_path, astronaut_rgb, method

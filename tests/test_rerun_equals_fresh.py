@@ -93,21 +93,22 @@ def test_rerun_with_changed_settings_equals_a_fresh_run(
 def test_masking_never_creates_a_model_session(small_dataset, tmp_path, monkeypatch) -> None:
     """Masking reads detections; only a file that changed since detection runs the model."""
     from anon_tasks.datasets.keys import RenderSpec
-    from anon_tasks.orchestration import detection_task
+    from anon_tasks.orchestration.detection_task import detect_faces
     from anon_tasks.orchestration.listing_tasks import scan_source
     from anon_tasks.orchestration.masking_task import mask_faces
+    from anon_tasks.pipeline import leases
 
     @flow
     def detect_then_mask(raising: bool) -> int:
         listing = scan_source(str(small_dataset))
-        found = detection_task.detect_faces(listing.images, str(small_dataset), DetectionSettings())
+        found = detect_faces(listing.images, str(small_dataset), DetectionSettings())
         if raising:
 
             def refuse(*args, **kwargs):
                 raise AssertionError("mask_faces created a detector")
 
-            monkeypatch.setattr(detection_task, "CenterFaceDetector", refuse)
-            monkeypatch.setattr(detection_task, "_detectors", {})
+            monkeypatch.setattr(leases, "CenterFaceDetector", refuse)
+            monkeypatch.setattr(leases, "_detectors", {})
         render = RenderSpec.from_settings()
         masked = mask_faces(found, str(small_dataset), str(tmp_path / "out"), render)
         return sum(1 for image in masked.images if image.status.value == "written")

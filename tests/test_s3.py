@@ -190,11 +190,13 @@ def test_secrets_are_refused_as_plain_parameters() -> None:
 
 
 def test_listing_is_paged(s3, s3_endpoint) -> None:
-    from anon_tasks.datasets.listing import list_dataset
+    from anon_tasks.core.records import ImageRef
+    from anon_tasks.datasets.listing import scan_dataset
 
     for index in range(2350):  # three pages of list_objects_v2
         s3.pipe(f"{BUCKET}/many/{index:05d}.jpg", b"x")
-    listed = list_dataset(f"s3://{BUCKET}/many", {"endpoint_url": s3_endpoint})
+    scanned = scan_dataset(f"s3://{BUCKET}/many", {"endpoint_url": s3_endpoint})
+    listed = (entry for entry in scanned if isinstance(entry, ImageRef))
     first = next(listed)  # a generator: the first page is enough to start
     assert first.relative_path == "00000.jpg"
     assert sum(1 for _ in listed) == 2349

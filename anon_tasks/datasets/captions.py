@@ -9,12 +9,10 @@ is ever logged.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import PurePosixPath
 from typing import Any
 
-__all__ = ["JSON_CAPTION_KEYS", "add_caption_note", "note_document", "note_text"]
+__all__ = ["JSON_CAPTION_KEYS", "note_document", "note_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +47,3 @@ def note_document(document: Any, note: str) -> bool:
                 document[key] = _append(document[key], note)
                 return True
     return False
-
-
-def add_caption_note(relative_path: str, content: bytes, note: str) -> bytes:
-    """``content`` of a caption sidecar with ``note`` appended to its caption text.
-
-    Text sidecars get the note after the caption (", " between them); a JSON sidecar gets it in
-    its first caption field. A file that cannot be read as such is returned unchanged. This only
-    adds the note: content bound for dest must go through ``sanitize_sidecar``.
-    """
-    suffix = PurePosixPath(relative_path).suffix.lower()
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        logger.warning("%s: caption is not UTF-8; left as it is", relative_path)
-        return content
-    if suffix != ".json":
-        return _append(text, note).encode("utf-8") + (b"\n" if text.endswith("\n") else b"")
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        logger.warning("%s: caption is not valid JSON; left as it is", relative_path)
-        return content
-    if note_document(document, note):
-        return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-    logger.warning("%s: no caption field in the JSON sidecar; left as it is", relative_path)
-    return content

@@ -26,28 +26,22 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Final
 
 from anon_tasks.core.records import ImageRef, SkippedEntry
 from anon_tasks.core.urls import is_local, local_path
-from anon_tasks.datasets.classification import IMAGE_SUFFIXES, classify
+from anon_tasks.datasets.classification import classify
 from anon_tasks.datasets.entries import Leaf, ListedFile, join_relative, split_suffix
 from anon_tasks.datasets.local_walk import local_leaves
+from anon_tasks.datasets.manifest import MANIFEST_DIR
 from anon_tasks.datasets.remote_listing import remote_leaves
 from anon_tasks.storage.locations import StorageOptions
 
-__all__ = ["file_fingerprints", "is_image_name", "list_dataset", "scan_dataset"]
+__all__ = ["file_fingerprints", "list_source", "scan_dataset"]
 
 logger = logging.getLogger(__name__)
 
 _PENDING: Final = object()  # a queued entry whose verdict is not known yet
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file name has an image extension; hidden files never count."""
-    pure = PurePosixPath(name)
-    return not pure.name.startswith(".") and pure.suffix.lower() in IMAGE_SUFFIXES
 
 
 @dataclass
@@ -127,14 +121,27 @@ def scan_dataset(
         yield entry
 
 
-def list_dataset(root_url: str, options: StorageOptions | None = None) -> Iterator[ImageRef]:
-    """The images under ``root_url`` with fingerprints and caption sidecars, in path order.
+def list_source(
+    root_url: str, options: StorageOptions | None = None
+) -> tuple[list[ImageRef], list[SkippedEntry]]:
+    """What a run finds in a source: its images, sorted by path, and the entries it skips.
 
-    ``scan_dataset`` without the skipped entries.
+    ``scan_dataset`` with one more rule: images inside a source folder named like dest's
+    bookkeeping folder (``_anonymize``) are skipped, since their outputs would land among the
+    manifest and be taken for the tool's own files.
     """
+    images: list[ImageRef] = []
+    skipped: list[SkippedEntry] = []
     for entry in scan_dataset(root_url, options):
-        if isinstance(entry, ImageRef):
-            yield entry
+        if isinstance(entry, ImageRef) and entry.relative_path.startswith(MANIFEST_DIR + "/"):
+            entry = SkippedEntry(
+                relative_path=entry.relative_path,
+                reason=f"inside a source folder named {MANIFEST_DIR}, which dest reserves for "
+                "the manifest",
+                fingerprint=entry.fingerprint,
+            )
+        (images if isinstance(entry, ImageRef) else skipped).append(entry)
+    return sorted(images, key=lambda image: image.relative_path), skipped
 
 
 def file_fingerprints(

@@ -39,7 +39,6 @@ __all__ = [
     "is_racy",
     "is_up_to_date",
     "plan_run",
-    "split_listing",
     "up_to_date_rows",
 ]
 
@@ -47,28 +46,6 @@ __all__ = [
 #: file systems keep status-change times in clock ticks of a few milliseconds at most.
 RACY_WINDOW_NS = 20_000_000
 _CTIME = re.compile(r"(?:^|:)ctime_ns:(\d+)(?::|$)")
-
-
-def split_listing(
-    entries: Iterable[ImageRef | SkippedEntry],
-) -> tuple[list[ImageRef], list[SkippedEntry]]:
-    """A source's images (sorted by path) and the entries a run skips, from its listing.
-
-    Images inside a source folder named like dest's bookkeeping folder are skipped: their
-    outputs would land among the manifest and be taken for the tool's own files.
-    """
-    images: list[ImageRef] = []
-    skipped: list[SkippedEntry] = []
-    for entry in entries:
-        if isinstance(entry, ImageRef) and entry.relative_path.startswith(MANIFEST_DIR + "/"):
-            entry = SkippedEntry(
-                relative_path=entry.relative_path,
-                reason=f"inside a source folder named {MANIFEST_DIR}, which dest reserves for "
-                "the manifest",
-                fingerprint=entry.fingerprint,
-            )
-        (images if isinstance(entry, ImageRef) else skipped).append(entry)
-    return sorted(images, key=lambda image: image.relative_path), skipped
 
 
 def is_racy(fingerprint: str, listed_at_ns: int | None) -> bool:
@@ -183,7 +160,7 @@ def plan_run(
     """Plan a run over a listing of the source, from what dest's manifests and files say.
 
     Args:
-        images: The source's images (``split_listing``), all partitions.
+        images: The source's images (``list_source``), all partitions.
         skipped: The entries the listing skipped, all partitions.
         dest: The output root; its manifests, journals and file fingerprints are read.
         render: The run's render spec (its ``run`` names the partition and shard size).

@@ -1,16 +1,18 @@
 """Listing an object-store prefix: every object under it by key, page by page.
 
-On S3 the keys come from ``list_objects_v2`` through the aiobotocore client s3fs holds (its
-paginator, driven page by page on s3fs's event loop), so a prefix of millions of keys is
-walked with one page (1,000 keys) in memory; other fsspec filesystems are listed with
-``find``. A key whose folder or name would not be processed (hidden, a control character, a
-backslash, an empty or ``..`` segment) becomes a skipped entry, a bad folder said once.
+On S3 the keys come from ``list_objects_v2`` through the aiobotocore client s3fs holds, one page
+at a time on s3fs's event loop, each page retried on its own as s3fs retries its requests, so a
+prefix of millions of keys is walked with one page (1,000 keys) in memory; other fsspec
+filesystems are listed with ``find``. A key whose folder or name would not be processed (hidden,
+a control character, a backslash, an empty or ``..`` segment) becomes a skipped entry, a bad
+folder said once.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import logging
+from collections.abc import Iterator
 from functools import partial
 from typing import Any, Final
 
@@ -23,14 +25,20 @@ from anon_tasks.storage.locations import StorageOptions, url_to_fs
 
 __all__ = ["remote_leaves"]
 
+logger = logging.getLogger(__name__)
+
 #: Keys asked for in one ``list_objects_v2`` request (S3's own maximum).
 S3_PAGE_SIZE: Final = 1000
+#: S3 error codes a listing page is asked for again (throttling, S3's own transient faults).
+_RETRIED_S3_CODES: Final = frozenset(
+    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+)
 
 
-async def _s3_page_iterator(fs: Any, bucket: str, prefix: str) -> AsyncIterator[dict[str, Any]]:
-    """The pages of ``list_objects_v2`` for ``prefix``, with the filesystem's request options.
+async def _s3_client(fs: Any, bucket: str, prefix: str) -> tuple[Any, dict[str, Any]]:
+    """The aiobotocore client s3fs made from the storage options (endpoint, credentials,
+    timeouts) and the ``list_objects_v2`` arguments for ``prefix``.
 
-    The client is the one s3fs made from the storage options (endpoint, credentials, timeouts);
     ``s3_additional_kwargs`` and requester-pays apply where ``ListObjectsV2`` takes them, as
     they do on s3fs's own requests.
     """
@@ -39,47 +47,59 @@ async def _s3_page_iterator(fs: Any, bucket: str, prefix: str) -> AsyncIterator[
     members = client.meta.service_model.operation_model("ListObjectsV2").input_shape.members
     extra = {**getattr(fs, "s3_additional_kwargs", {}), **getattr(fs, "req_kw", {})}
     kwargs = {key: value for key, value in extra.items() if key in members and value is not None}
-    paginator = client.get_paginator("list_objects_v2")
-    pages = paginator.paginate(
-        **kwargs, Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": S3_PAGE_SIZE}
-    )
-    return pages.__aiter__()
+    return client, {**kwargs, "Bucket": bucket, "Prefix": prefix, "MaxKeys": S3_PAGE_SIZE}
 
 
-async def _next_page(pages: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
-    """The next page, or None after the last; S3's errors as s3fs raises them."""
+async def _list_page(client: Any, kwargs: dict[str, Any], attempts: int) -> dict[str, Any]:
+    """One ``list_objects_v2`` page, retried as s3fs retries its own requests.
+
+    Transient failures (timeouts, cut connections, unparsable replies, S3's ``SlowDown`` and
+    5xx codes) are tried again up to ``attempts`` times with s3fs's backoff; S3's other errors
+    come back as s3fs raises them (a missing bucket is ``FileNotFoundError``).
+    """
     from botocore.exceptions import ClientError
+    from s3fs.core import S3_RETRYABLE_ERRORS
     from s3fs.errors import translate_boto_error
 
-    try:
-        return await anext(pages, None)
-    except ClientError as exc:  # NoSuchBucket is FileNotFoundError, AccessDenied PermissionError
-        raise translate_boto_error(exc) from exc
-
-
-async def _close_pages(pages: AsyncIterator[dict[str, Any]]) -> None:
-    close = getattr(pages, "aclose", None)
-    if close is not None:
-        await close()
+    error: BaseException | None = None
+    for attempt in range(max(1, attempts)):
+        try:
+            return await client.list_objects_v2(**kwargs)
+        except S3_RETRYABLE_ERRORS as exc:
+            error = exc
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _RETRIED_S3_CODES:
+                raise translate_boto_error(exc) from exc
+            error = translate_boto_error(exc)
+        logger.debug("listing page failed (%s); trying again", type(error).__name__)
+        await asyncio.sleep(min(1.7**attempt * 0.1, 15.0))
+    assert error is not None
+    raise error
 
 
 def _s3_pages(fs: Any, root_path: str) -> Iterator[list[dict[str, Any]]]:
-    """One ``list_objects_v2`` page (up to 1,000 objects) at a time, in key order."""
+    """One ``list_objects_v2`` page (up to 1,000 objects) at a time, in key order.
+
+    Each page is asked for with the continuation token of the one before, so a page that fails
+    is retried on its own; the listing never starts over.
+    """
     from fsspec.asyn import sync
 
     bucket, _, prefix = root_path.partition("/")
     prefix = prefix + "/" if prefix else ""
-    pages = sync(fs.loop, _s3_page_iterator, fs, bucket, prefix)
-    try:
-        while (page := sync(fs.loop, _next_page, pages)) is not None:
-            yield [
-                {"name": f"{bucket}/{item['Key']}", "size": item.get("Size", 0), **item}
-                for item in page.get("Contents", [])
-            ]
-    finally:  # a listing left early (or failed) closes its pages on the loop that ran them
-        # best effort: not when the loop is gone, nor from the loop's own thread (a collector)
-        with contextlib.suppress(RuntimeError, NotImplementedError):
-            sync(fs.loop, _close_pages, pages)
+    client, kwargs = sync(fs.loop, _s3_client, fs, bucket, prefix)
+    attempts = int(getattr(fs, "retries", 5) or 5)
+    token: str | None = None
+    while True:
+        request = {**kwargs, "ContinuationToken": token} if token else kwargs
+        page = sync(fs.loop, _list_page, client, request, attempts)
+        yield [
+            {"name": f"{bucket}/{item['Key']}", "size": item.get("Size", 0), **item}
+            for item in page.get("Contents", [])
+        ]
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        if not token:
+            return
 
 
 def _remote_entries(fs: Any, root_path: str) -> Iterator[dict[str, Any]]:

@@ -39,9 +39,16 @@ import numpy as np
 from anon_tasks.core.errors import UnsupportedImageError
 from anon_tasks.core.faces import Face
 from anon_tasks.core.settings import AnonymizeMethod, MaskSettings
-from anon_tasks.imaging.decoded import color_channel_count
+from anon_tasks.imaging.decoded import DecodedImage, color_channel_count, with_frames
 
-__all__ = ["clip_box_px", "face_roll_rad", "mask_faces", "masked_pixels", "scaled_box"]
+__all__ = [
+    "clip_box_px",
+    "face_roll_rad",
+    "mask_faces",
+    "mask_image",
+    "masked_pixels",
+    "scaled_box",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +151,8 @@ def clip_box_px(
     return (x1, y1, x2, y2)
 
 
-def mask_faces(image: np.ndarray, faces: Sequence[Face], settings: MaskSettings) -> np.ndarray:
-    """Hide every face of one frame with the method ``settings`` names.
+def mask_faces(image: np.ndarray, faces: Sequence[Face], masking: MaskSettings) -> np.ndarray:
+    """Hide every face of one frame with the method ``masking`` names.
 
     Faces are masked one after another on the same copy, so overlapping faces are all masked.
     Faces are not filtered by ``Face.frame``: pass the faces of the frame being masked.
@@ -155,7 +162,7 @@ def mask_faces(image: np.ndarray, faces: Sequence[Face], settings: MaskSettings)
             uint8 or uint16. Alpha is masked with the colour (blurred, pixelated, or made
             opaque under a solid box): a face drawn in the transparency is hidden too.
         faces: Faces in this image's pixels, before ``mask_scale``.
-        settings: Method, box scale, ellipse and mosaic block size.
+        masking: Method, box scale, ellipse and mosaic block size.
 
     Returns:
         A new array of the same shape and dtype; ``image`` itself is left untouched.
@@ -171,31 +178,42 @@ def mask_faces(image: np.ndarray, faces: Sequence[Face], settings: MaskSettings)
     except (TypeError, ValueError) as exc:
         raise UnsupportedImageError(f"cannot mask these pixels: {exc}", source="<array>") from exc
     out = image.copy()
-    if settings.method is AnonymizeMethod.NONE or not faces:
+    if masking.method is AnonymizeMethod.NONE or not faces:
         return out
-    masker = _MASKERS[settings.method]
+    masker = _MASKERS[masking.method]
     # Every channel, alpha included: a face can show through its transparency alone.
     pixels = out[..., np.newaxis] if out.ndim == 2 else out
     has_alpha = pixels.shape[2] > colour_channels
     height, width = out.shape[:2]
-    regions = _face_regions(faces, settings, width, height)
+    regions = _face_regions(faces, masking, width, height)
     for region in regions:
         x1, y1, x2, y2 = region.bounds
         target = pixels[y1:y2, x1:x2]
-        replacement = masker(np.ascontiguousarray(target), region, settings)
-        if has_alpha and settings.method is AnonymizeMethod.SOLID:
+        replacement = masker(np.ascontiguousarray(target), region, masking)
+        if has_alpha and masking.method is AnonymizeMethod.SOLID:
             replacement[..., -1] = np.iinfo(replacement.dtype).max  # an opaque black box
-        inside = _shape_mask(region, settings)
+        inside = _shape_mask(region, masking)
         if inside is None:
             target[...] = replacement
         else:
             target[inside] = replacement[inside]
-    logger.debug("Masked %d of %d faces with %s", len(regions), len(faces), settings.method.value)
+    logger.debug("Masked %d of %d faces with %s", len(regions), len(faces), masking.method.value)
     return out
 
 
+def mask_image(image: DecodedImage, faces: Sequence[Face], masking: MaskSettings) -> DecodedImage:
+    """``image`` with ``faces`` masked in their frames: new pixels, the same metadata."""
+    if masking.method is AnonymizeMethod.NONE:
+        return image
+    frames = [
+        mask_faces(frame, [face for face in faces if face.frame == index], masking)
+        for index, frame in enumerate(image.frames)
+    ]
+    return with_frames(image, frames)
+
+
 def masked_pixels(
-    height: int, width: int, faces: Sequence[Face], settings: MaskSettings
+    height: int, width: int, faces: Sequence[Face], masking: MaskSettings
 ) -> np.ndarray:
     """The pixels ``mask_faces`` replaces for these faces, as an HxW boolean array.
 
@@ -203,7 +221,7 @@ def masked_pixels(
         height: Image height in pixels.
         width: Image width in pixels.
         faces: Faces in this image's pixels, before ``mask_scale``.
-        settings: Method, box scale and ellipse; ``NONE`` replaces nothing.
+        masking: Method, box scale and ellipse; ``NONE`` replaces nothing.
 
     Returns:
         True where a pixel's colour is replaced by the mask (whatever its new value).
@@ -212,11 +230,11 @@ def masked_pixels(
         >>> masked_pixels(512, 512, faces, MaskSettings()).mean()  # share of the image hidden
     """
     covered = np.zeros((height, width), dtype=bool)
-    if settings.method is AnonymizeMethod.NONE:
+    if masking.method is AnonymizeMethod.NONE:
         return covered
-    for region in _face_regions(faces, settings, width, height):
+    for region in _face_regions(faces, masking, width, height):
         x1, y1, x2, y2 = region.bounds
-        inside = _shape_mask(region, settings)
+        inside = _shape_mask(region, masking)
         covered[y1:y2, x1:x2] |= True if inside is None else inside
     return covered
 
@@ -243,12 +261,12 @@ def face_roll_rad(face: Face) -> float:
 
 
 def _face_regions(
-    faces: Sequence[Face], settings: MaskSettings, width: int, height: int
+    faces: Sequence[Face], masking: MaskSettings, width: int, height: int
 ) -> list[_FaceRegion]:
     """The regions to mask, faces that miss the image (or are not finite) left out."""
     regions = []
     for face in faces:
-        box = scaled_box(face.xyxy, settings.mask_scale)
+        box = scaled_box(face.xyxy, masking.mask_scale)
         bounds = clip_box_px(box, width, height)
         if bounds is None:
             if not all(math.isfinite(v) for v in face.xyxy):
@@ -260,9 +278,9 @@ def _face_regions(
     return regions
 
 
-def _shape_mask(region: _FaceRegion, settings: MaskSettings) -> np.ndarray | None:
+def _shape_mask(region: _FaceRegion, masking: MaskSettings) -> np.ndarray | None:
     """Pixels of the region the mask replaces, or ``None`` for all of them (box methods)."""
-    if settings.ellipse and settings.method in _ELLIPSE_METHODS:
+    if masking.ellipse and masking.method in _ELLIPSE_METHODS:
         return _ellipse_mask(region)
     return None
 
@@ -331,7 +349,7 @@ def _odd_at_least(value: float, minimum: int) -> int:
     return size if size % 2 == 1 else size + 1
 
 
-def _blur_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings) -> np.ndarray:
+def _blur_region(pixels: np.ndarray, region: _FaceRegion, masking: MaskSettings) -> np.ndarray:
     """Blur with a box filter applied ``BLUR_PASSES`` times, kernel half the longer side."""
     kernel = _odd_at_least(region.longer_side * BLUR_KERNEL_FRACTION, MIN_BLUR_KERNEL)
     height, width = pixels.shape[:2]
@@ -345,7 +363,7 @@ def _blur_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings
     return blurred.reshape(pixels.shape)
 
 
-def _solid_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings) -> np.ndarray:
+def _solid_region(pixels: np.ndarray, region: _FaceRegion, masking: MaskSettings) -> np.ndarray:
     """Black: every channel set to 0 (the caller makes alpha opaque)."""
     return np.zeros_like(pixels)
 
@@ -355,14 +373,14 @@ def _mosaic_block(region: _FaceRegion, mosaic_size: int) -> int:
     return max(mosaic_size, math.ceil(region.longer_span_px / MOSAIC_MAX_BLOCKS), 1)
 
 
-def _mosaic_region(pixels: np.ndarray, region: _FaceRegion, settings: MaskSettings) -> np.ndarray:
+def _mosaic_region(pixels: np.ndarray, region: _FaceRegion, masking: MaskSettings) -> np.ndarray:
     """Pixelate into square blocks anchored at the region's top-left corner.
 
     Each block takes the exact mean of the pixels it covers, partial blocks at the right and
     bottom included: the region is zero-padded to whole blocks, averaged with ``INTER_AREA``
     (exact for an integer factor) and the partial blocks are rescaled by their pixel count.
     """
-    block = _mosaic_block(region, settings.mosaic_size)
+    block = _mosaic_block(region, masking.mosaic_size)
     height, width = pixels.shape[:2]
     if height <= block and width <= block:
         return _mean_fill(pixels)

@@ -8,9 +8,7 @@ runs the model on that image only. The model runs under an exclusive device leas
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -21,43 +19,16 @@ from anon_tasks.core.faces import Face
 from anon_tasks.core.records import ImageDetections, ImageRef, ShardDetections
 from anon_tasks.core.settings import DetectionSettings, OutputSettings
 from anon_tasks.datasets.keys import detection_key, shard_detection_key
-from anon_tasks.detection.detector import CenterFaceDetector
-from anon_tasks.detection.devices import available_devices, device_lease
 from anon_tasks.detection.model import load_model_file
 from anon_tasks.pipeline.decoded_cache import DecodedCache
-from anon_tasks.pipeline.stages import FetchedImage, detect_images
+from anon_tasks.pipeline.leases import leased_detector
+from anon_tasks.pipeline.stages import FetchedImage, detect_images, vanished
 from anon_tasks.storage.resolved import NO_OPTIONS, ResolvedStorage
 
-__all__ = ["detect_faces", "leased_detector", "vanished"]
+__all__ = ["detect_faces"]
 
 _DEFAULT_DETECTION = DetectionSettings()
 _DEFAULT_OUTPUT = OutputSettings()
-
-# Detectors are cheap (the ONNX session is shared per process and device) but not free.
-_detectors: dict[DetectionSettings, CenterFaceDetector] = {}
-_detectors_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def leased_detector(
-    detection: DetectionSettings, hint: int = 0
-) -> Iterator[tuple[str, CenterFaceDetector]]:
-    """A device leased exclusively (trying the ``hint``-th available one first) and the shared
-    detector on it; the lease ends with the block."""
-    devices = available_devices(detection.device)
-    start = hint % len(devices)
-    with device_lease(devices[start:] + devices[:start]) as device:
-        settings = detection.model_copy(update={"device": device})
-        with _detectors_lock:
-            if settings not in _detectors:
-                _detectors[settings] = CenterFaceDetector(settings)
-            detector = _detectors[settings]
-        yield device, detector
-
-
-def vanished(image: ImageRef) -> str:
-    """The error of an image removed from the source while the run read it."""
-    return f"{image.relative_path}: removed from the source during the run"
 
 
 def _shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The listing tasks: what a source holds, as image references and skipped entries.
 
-Each wraps ``datasets.listing.scan_dataset`` (one scan of the source) and
-``datasets.planning.split_listing`` (which reserves dest's bookkeeping folder name).
+Each wraps ``datasets.listing.list_source``: one scan of the source, with dest's bookkeeping
+folder name reserved.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from anon_tasks.core.records import ImageRef, SkippedEntry
-from anon_tasks.datasets.listing import scan_dataset
-from anon_tasks.datasets.planning import split_listing
+from anon_tasks.datasets.listing import list_source
 from anon_tasks.storage.resolved import NO_OPTIONS, ResolvedStorage
 
 __all__ = ["SourceListing", "list_images", "scan_source"]
@@ -45,7 +44,7 @@ def scan_source(source: str, storage: ResolvedStorage = NO_OPTIONS) -> SourceLis
     Example:
         >>> listing = scan_source("s3://bucket/raw")
     """
-    images, skipped = split_listing(scan_dataset(source, storage.options))
+    images, skipped = list_source(source, storage.options)
     logger = get_run_logger()
     logger.info("%d image(s) under %s, %d other entries skipped", len(images), source, len(skipped))
     for entry in skipped[:_LOGGED_SKIPS]:
@@ -67,6 +66,6 @@ def list_images(source: str, storage: ResolvedStorage = NO_OPTIONS) -> list[Imag
     Example:
         >>> images = list_images("s3://bucket/raw")
     """
-    images, _ = split_listing(scan_dataset(source, storage.options))
+    images, _ = list_source(source, storage.options)
     get_run_logger().info("%d image(s) under %s", len(images), source)
     return images

@@ -1,8 +1,9 @@
 """The mask task: the faces above the threshold hidden in each image of a shard, encoded.
 
 The threshold is applied here, once, to the candidates ``detect_faces`` kept. The pixels masked
-are always those the faces were found in; the mask task runs the model only when a source's
-bytes changed since detection (under a device lease), never otherwise.
+are always those the faces were found in. The mask task builds no detector of its own: it
+borrows the leased one (``pipeline.leases``) only when the candidates cannot serve, that is when
+a source's bytes changed since detection, or when detections were kept for a higher threshold.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from anon_tasks.datasets.sidecars import SIDECAR_MAX_BYTES, sanitize_sidecar
 from anon_tasks.imaging.decode import decode_image
 from anon_tasks.imaging.decoded import DecodedImage
 from anon_tasks.imaging.encode import encode_image
-from anon_tasks.orchestration.detection_task import leased_detector, vanished
-from anon_tasks.pipeline.anonymizer import mask_image
+from anon_tasks.imaging.masking import mask_image
 from anon_tasks.pipeline.decoded_cache import DecodedCache
 from anon_tasks.pipeline.finding import find_faces
-from anon_tasks.pipeline.stages import content_digest
+from anon_tasks.pipeline.leases import leased_detector
+from anon_tasks.pipeline.stages import content_digest, vanished
 from anon_tasks.storage.fingerprints import file_fingerprint
 from anon_tasks.storage.locations import join_url
 from anon_tasks.storage.reads import read_bytes
@@ -199,6 +200,17 @@ def mask_faces(
                     candidates = _redetect(pixels, render)
                     digest = content_digest(content)
                     redetected = True
+            if not redetected and found.score_floor > threshold:
+                # Detections kept for a higher threshold miss the faces between: never mask
+                # with fewer candidates than this threshold needs.
+                logger.warning(
+                    "%s: detections kept down to %g serve no threshold of %g: finding them again",
+                    image.relative_path,
+                    found.score_floor,
+                    threshold,
+                )
+                candidates = _redetect(pixels, render)
+                redetected = True
             faces = faces_above(candidates, threshold)
             encoded = encode_image(
                 mask_image(pixels, faces, render.masking),

@@ -11,7 +11,6 @@ is written only once its bytes exist in full. Any error leaves no output behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from anon_tasks.core.errors import ConfigurationError
@@ -25,31 +24,17 @@ from anon_tasks.core.settings import (
 )
 from anon_tasks.detection.detector import CenterFaceDetector
 from anon_tasks.imaging.decode import decode_image
-from anon_tasks.imaging.decoded import DecodedImage, with_frames
+from anon_tasks.imaging.decoded import DecodedImage
 from anon_tasks.imaging.encode import encode_image
-from anon_tasks.imaging.masking import mask_faces
+from anon_tasks.imaging.masking import mask_image
 from anon_tasks.pipeline.finding import find_faces
 from anon_tasks.storage.locations import location_within
 from anon_tasks.storage.reads import read_bytes
 from anon_tasks.storage.writes import write_bytes_atomic
 
-__all__ = ["AnonymizedImage", "Anonymizer", "mask_image"]
+__all__ = ["AnonymizedImage", "Anonymizer"]
 
 logger = logging.getLogger(__name__)
-
-
-def mask_image(image: DecodedImage, faces: Sequence[Face], masking: MaskSettings) -> DecodedImage:
-    """``image`` with ``faces`` masked in their frames: new pixels, the same metadata.
-
-    Needs no detector: the Prefect mask task calls it without creating a model session.
-    """
-    if masking.method is AnonymizeMethod.NONE:
-        return image
-    frames = [
-        mask_faces(frame, [face for face in faces if face.frame == index], masking)
-        for index, frame in enumerate(image.frames)
-    ]
-    return with_frames(image, frames)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from anon_tasks.pipeline.finding import batch_key, find_faces, find_faces_batche
 from anon_tasks.storage.locations import join_url
 from anon_tasks.storage.reads import read_bytes
 
-__all__ = ["FetchedImage", "content_digest", "detect_images", "fetch_and_decode"]
+__all__ = ["FetchedImage", "content_digest", "detect_images", "fetch_and_decode", "vanished"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class FetchedImage:
     error: Exception | None = None
     was_read: bool = False
     content_sha256: str | None = None
+
+
+def vanished(image: ImageRef) -> str:
+    """The error of an image removed from the source while the run read it."""
+    return f"{image.relative_path}: removed from the source during the run"
 
 
 def content_digest(content: bytes) -> str:

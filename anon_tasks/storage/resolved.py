@@ -4,7 +4,8 @@ A run reaches its source, dest and result storage with the same options: the pla
 ``run.storage_options`` merged with what its credentials block holds. The Prefect layer resolves
 them once per run (``orchestration.credentials.resolve_storage``) and every stage below takes
 this value instead of the pair of settings. It holds secrets: its repr names the options and
-never shows their values, and it never enters a cache key, a manifest, a result or a log.
+never shows their values, it refuses to be pickled (so no task runner persists or ships it),
+and it never enters a cache key, a manifest, a result or a log.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class ResolvedStorage:
 
     def __repr__(self) -> str:
         return f"ResolvedStorage(options=<{', '.join(sorted(self.options)) or 'none'}>)"
+
+    def __reduce__(self) -> Any:
+        """Refuse to be pickled: a task runner or scheduler that would persist or ship task
+        parameters must not carry credentials (resolve them where the task runs instead)."""
+        raise TypeError(
+            "ResolvedStorage holds credentials and is never serialised; pass RunSettings and "
+            "call resolve_storage(run) in the process that uses it"
+        )
 
 
 #: Local paths, and remote ones through the environment's credential chain.

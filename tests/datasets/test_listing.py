@@ -24,8 +24,9 @@ from PIL import Image
 
 from anon_tasks.core.formats import SNIFF_BYTES, SUFFIX_FORMATS
 from anon_tasks.core.records import ImageRef, SkippedEntry
-from anon_tasks.datasets.listing import file_fingerprints, list_dataset, scan_dataset
+from anon_tasks.datasets.listing import file_fingerprints, list_source, scan_dataset
 from anon_tasks.storage.locations import safe_relative_path
+from tests.conftest import release_fifos
 
 SCAN_SECONDS = 20.0
 TEXT = b"a caption, not an image\n"
@@ -37,18 +38,6 @@ def jpeg(astronaut_rgb) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(astronaut_rgb[::8, ::8].copy()).save(buffer, format="JPEG")
     return buffer.getvalue()
-
-
-def _release_fifos(root: Path) -> None:
-    """Open every FIFO under ``root`` for writing, so that a reader blocked on one returns."""
-    for folder, dirnames, filenames in os.walk(os.fsencode(root)):
-        for name in filenames + dirnames:
-            path = os.path.join(folder, name)
-            try:
-                if stat.S_ISFIFO(os.lstat(path).st_mode):
-                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                continue
 
 
 def scan(root: Path | str, seconds: float = SCAN_SECONDS) -> list[ImageRef | SkippedEntry]:
@@ -65,7 +54,7 @@ def scan(root: Path | str, seconds: float = SCAN_SECONDS) -> list[ImageRef | Ski
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
-        _release_fifos(Path(root))
+        release_fifos(Path(root))
         worker.join(5)
         pytest.fail(f"scan_dataset did not finish within {seconds} s")
     if "error" in outcome:
@@ -352,7 +341,7 @@ def test_entries_come_in_path_order(tmp_path) -> None:
         write(tmp_path / name, b"1")
     paths = [e.relative_path for e in scan(tmp_path)]
     assert paths == sorted(paths)
-    assert [i.relative_path for i in list_dataset(str(tmp_path))] == [
+    assert [i.relative_path for i in list_source(str(tmp_path))[0]] == [
         "A.png",
         "a-b/c.png",
         "a.jpg",

@@ -1,5 +1,6 @@
 """Object-store listing against a real HTTP S3 endpoint (moto's server mode): paged through
-the public paginator of the client s3fs holds, S3's errors as s3fs raises them."""
+the public API of the client s3fs holds, a failed page retried on its own, S3's errors as s3fs
+raises them."""
 
 from __future__ import annotations
 
@@ -59,6 +60,38 @@ def test_every_page_is_listed_without_s3fs_private_calls(options, monkeypatch) -
     assert [(s.relative_path, s.reason) for s in skipped] == [
         (".hidden", "hidden folder, not descended")
     ]
+
+
+def test_a_page_that_fails_is_asked_again_and_the_listing_goes_on(options, monkeypatch) -> None:
+    """A cut connection on the second page retries that page (same continuation token), not
+    the listing from its first page."""
+    from botocore.parsers import ResponseParserError
+
+    from anon_tasks.datasets import remote_listing
+
+    real_client = remote_listing._s3_client
+    asked: list[str | None] = []
+
+    class FlakyClient:
+        def __init__(self, client) -> None:
+            self.client = client
+
+        async def list_objects_v2(self, **kwargs):
+            asked.append(kwargs.get("ContinuationToken"))
+            if len(asked) == 2:
+                raise ResponseParserError("the connection was cut mid-page")
+            return await self.client.list_objects_v2(**kwargs)
+
+    async def flaky(fs, bucket, prefix):
+        client, kwargs = await real_client(fs, bucket, prefix)
+        return FlakyClient(client), kwargs
+
+    monkeypatch.setattr(remote_listing, "_s3_client", flaky)
+    leaves = list(remote_leaves(f"s3://{BUCKET}/p", "_skip", options))
+    assert sum(isinstance(leaf, ListedFile) for _key, leaf in leaves) == 1205
+    assert asked[0] is None  # the first page once
+    assert asked[1] == asked[2] is not None  # the second page again, from its own token
+    assert len(asked) == 3  # 1,207 keys: pages of 1,000 and 207, the second asked twice
 
 
 def test_a_listing_left_early_stops_asking_for_pages(options) -> None:

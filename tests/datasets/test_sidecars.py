@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from anon_tasks.core.errors import SidecarRefusedError
-from anon_tasks.datasets.captions import add_caption_note
+from anon_tasks.datasets.captions import note_document, note_text
 from anon_tasks.datasets.image_data import BASE64_RUN_LIMIT, NUMERIC_RUN_LIMIT
 from anon_tasks.datasets.sidecars import MAX_JSON_DEPTH, SIDECAR_MAX_BYTES, sanitize_sidecar
 
@@ -364,7 +364,6 @@ def test_caption_note_in_text_sidecars(name, content, expected) -> None:
 
 def test_caption_note_in_json_sidecars() -> None:
     noted = sanitize_sidecar("a.json", b'{"caption": "a man", "id": 3}', NOTE)
-    assert noted == add_caption_note("a.json", b'{"caption": "a man", "id": 3}', NOTE)
     assert json.loads(noted) == {"caption": "a man, faces are blurred", "id": 3}
     assert json.loads(sanitize_sidecar("a.json", b'{"text": "x", "prompt": "y"}', NOTE)) == {
         "text": f"x, {NOTE}",
@@ -538,11 +537,11 @@ def test_benign_captions_are_accepted(caption, name) -> None:
     content = caption.encode("utf-8")
 
     assert sanitize_sidecar(name, content) == content
-    if not caption.startswith("\ufeff"):
-        assert sanitize_sidecar(name, content, NOTE) == add_caption_note(name, content, NOTE)
+    assert sanitize_sidecar(name, content, NOTE) == note_text(caption, NOTE).encode("utf-8")
     document = {"caption": caption, "tags": caption.split()[:5], "score": 0.5}
     content = json.dumps(document).encode()
-    expected = json.loads(add_caption_note("a.json", content, NOTE))
+    expected = json.loads(content)
+    assert note_document(expected, NOTE)
     assert json.loads(sanitize_sidecar("a.json", content, NOTE)) == expected
 
 

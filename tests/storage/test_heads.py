@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -17,18 +16,7 @@ from hypothesis import strategies as st
 
 from anon_tasks.core.errors import UnreadableFileError
 from anon_tasks.storage.heads import read_local_head, read_object_head
-
-
-def _release_fifos(root: Path) -> None:
-    """Open every FIFO under ``root`` for writing, so that a reader blocked on one returns."""
-    for folder, dirnames, filenames in os.walk(os.fsencode(root)):
-        for name in filenames + dirnames:
-            path = os.path.join(folder, name)
-            try:
-                if stat.S_ISFIFO(os.lstat(path).st_mode):
-                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                continue
+from tests.conftest import release_fifos
 
 
 def _os_error(function, *args) -> int | None:
@@ -56,7 +44,7 @@ def test_a_fifo_swapped_in_after_listing_is_refused_without_blocking(tmp_path) -
     worker.start()
     worker.join(10)
     if worker.is_alive():
-        _release_fifos(tmp_path)
+        release_fifos(tmp_path)
         pytest.fail("reading the head of a FIFO blocked")
     assert len(outcome) == 1
     assert isinstance(outcome[0], UnreadableFileError)
