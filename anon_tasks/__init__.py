@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "encode_image": "anon_tasks.imaging.encode",
     "RunSettings": "anon_tasks.core.settings",
     "Quality": "anon_tasks.core.settings",
+    "Precision": "anon_tasks.core.settings",
     "ImageRef": "anon_tasks.core.records",
     "ManifestRow": "anon_tasks.core.records",
     "RunSummary": "anon_tasks.core.records",
@@ -70,6 +71,7 @@ __all__ = [
     "MaskSettings",
     "ModelError",
     "OutputSettings",
+    "Precision",
     "ProviderError",
     "Quality",
     "RenderSpec",
@@ -115,6 +117,7 @@ if TYPE_CHECKING:
         DetectionSettings,
         MaskSettings,
         OutputSettings,
+        Precision,
         Quality,
         RunSettings,
     )

@@ -24,6 +24,7 @@ from anon_tasks.core.settings import (
     DetectionSettings,
     MaskSettings,
     OutputSettings,
+    Precision,
     Quality,
     RunSettings,
     build_settings,
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Quality.BALANCED.value,
         help="fast, balanced (default) or thorough (finds many more small faces, ~8x slower)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=[p.value for p in Precision],
+        default=Precision.EXACT.value,
+        help="exact (default: the reference's detections) or fast (bfloat16 where the CPU has it)",
+    )
     parser.add_argument("--mask-scale", type=float, default=1.0, help="scale of each face box")
     parser.add_argument("--no-ellipse", action="store_true", help="blur the whole box")
     parser.add_argument("--mosaic-size", type=int, default=20, help="mosaic block edge in px")
@@ -94,7 +101,11 @@ def settings_from_args(
     """The flow's parameter models from the command line; bad values name their field."""
     return (
         build_settings(
-            DetectionSettings, threshold=args.threshold, device=args.device, quality=args.quality
+            DetectionSettings,
+            threshold=args.threshold,
+            device=args.device,
+            quality=args.quality,
+            precision=args.precision,
         ),
         build_settings(
             MaskSettings,

