@@ -143,7 +143,7 @@ def score(
 
 
 def run_flow(
-    source: Path, quality: str, threshold: float, no_faces: Path
+    source: Path, quality: str, threshold: float, no_faces: Path, precision: str = "exact"
 ) -> tuple[Path, float, int]:
     import prefect.settings as prefect_settings
     from prefect.testing.utilities import prefect_test_harness
@@ -153,7 +153,9 @@ def run_flow(
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     work = Path(tempfile.mkdtemp(prefix="anon-accuracy-"))
-    detection = DetectionSettings(device="cpu", threshold=threshold, quality=quality)
+    detection = DetectionSettings(
+        device="cpu", threshold=threshold, quality=quality, precision=precision
+    )
     updates = {prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     with prefect_settings.temporary_settings(updates=updates), prefect_test_harness():
         started = time.perf_counter()
@@ -206,6 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quality", default="balanced", choices=["fast", "balanced", "thorough"])
     parser.add_argument("--threshold", type=float, default=0.4)
+    parser.add_argument("--precision", default="exact", choices=["exact", "fast"])
     parser.add_argument("--mask-scale", type=float, default=1.0)
     parser.add_argument("--manifest", type=Path, help="score this manifest instead of running")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -230,7 +233,7 @@ def main() -> None:
         detections = reference_bgr_detections(root, truth, args.threshold)
     elif manifest is None:
         manifest, seconds, no_face_count = run_flow(
-            root / "images", args.quality, args.threshold, args.data / "no-faces"
+            root / "images", args.quality, args.threshold, args.data / "no-faces", args.precision
         )
     if not args.reference_bgr:
         detections = read_manifest_faces(manifest, args.threshold)
@@ -239,6 +242,7 @@ def main() -> None:
         {
             "quality": "reference (BGR input)" if args.reference_bgr else args.quality,
             "threshold": args.threshold,
+            "precision": args.precision,
             "mask_scale": args.mask_scale,
             "flow_seconds": None if seconds is None else round(seconds, 1),
             "faces_on_no_face_photos": no_face_count,

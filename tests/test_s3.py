@@ -68,21 +68,27 @@ def s3_endpoint(moto_endpoint) -> str:
     return moto_endpoint.url
 
 
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    """An empty bucket on the endpoint; credentials from the environment (the AWS chain)."""
+def emptied_endpoint(endpoint: str, monkeypatch, secret: str = SECRET):
+    """The moto endpoint emptied, AWS credentials in the environment only (the AWS chain), and
+    a fresh s3fs filesystem on it."""
     import urllib.request
 
     import s3fs
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    request = urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
     urllib.request.urlopen(request, timeout=10).close()
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+    return s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """An empty bucket on the endpoint; credentials from the environment (the AWS chain)."""
+    fs = emptied_endpoint(s3_endpoint, monkeypatch)
     fs.mkdir(BUCKET)
     return fs
 

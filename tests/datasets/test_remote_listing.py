@@ -4,14 +4,12 @@ raises them."""
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 
 from anon_tasks.core.records import SkippedEntry
 from anon_tasks.datasets.entries import ListedFile
 from anon_tasks.datasets.remote_listing import remote_leaves
-from tests.test_s3 import MotoEndpoint
+from tests.test_s3 import MotoEndpoint, emptied_endpoint
 
 BUCKET = "listing"
 
@@ -28,16 +26,7 @@ def endpoint():
 
 @pytest.fixture
 def options(endpoint, monkeypatch) -> dict[str, str]:
-    import s3fs
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request, timeout=10).close()
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    fs = emptied_endpoint(endpoint, monkeypatch, secret="testing")
     fs.mkdir(BUCKET)
     fs.pipe({f"{BUCKET}/p/{index:05d}.jpg": b"x" for index in range(1205)})
     fs.pipe({f"{BUCKET}/p/.hidden/a.jpg": b"x", f"{BUCKET}/p/_skip/b.jpg": b"x"})

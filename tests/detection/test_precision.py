@@ -84,3 +84,22 @@ def test_precision_is_part_of_the_detection_key() -> None:
         for precision in Precision
     }
     assert len(keys) == len(Precision)
+
+
+@needs_fast_path
+def test_a_fast_run_hides_the_face(astronaut_rgb) -> None:
+    """End to end through the library facade: fast precision masks the face exact masks."""
+    import io
+
+    from PIL import Image
+
+    from anon_tasks.pipeline.anonymizer import Anonymizer
+    from tests.faces import face_hidden
+
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut_rgb).save(buffer, format="PNG")
+    fast = Anonymizer(detection=DetectionSettings(device="cpu", precision="fast"))
+    result = fast.anonymize_bytes(buffer.getvalue(), source="astronaut.png")
+    output = np.asarray(Image.open(io.BytesIO(result.content)).convert("RGB"))
+    assert len(result.faces) == 1
+    assert face_hidden(astronaut_rgb, output, ASTRONAUT_FACE_XYXY)
