@@ -144,7 +144,7 @@ def main() -> None:
     print(f"flow: {wall:.2f} s wall, {summary.images_inferred} inferred, {cores} cores")
     print(f"{'where':34} {'CPU s':>7} {'ms/image':>9} {'share':>6}  calls")
     total = process + server
-    for label, *_ in STAGES:
+    for label in dict.fromkeys(label for label, *_ in STAGES):  # a label may wrap two places
         seconds = clock.seconds.get(label, 0.0)
         calls = clock.calls.get(label, 0)
         share = 100 * seconds / total
