@@ -45,6 +45,8 @@ class OpenVinoSession:
         self._compiled = compiled
         self._local = threading.local()
         self._outputs = len(compiled.outputs)
+        self.input_name: str = compiled.inputs[0].get_any_name()
+        self.output_names = tuple(output.get_any_name() for output in compiled.outputs)
 
     def run(self, output_names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[Any]:
         """Outputs in model order for the one input in ``feeds`` (names are the model's)."""

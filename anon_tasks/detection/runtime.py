@@ -235,39 +235,32 @@ def get_session(
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
-            session = _build_session(model, device, threads)
-            if precision is Precision.FAST:
-                session = _fast_session(session, model, threads)
+            session = _build_session(model, device, threads, precision)
             _sessions[key] = session
         return session
 
 
-def _fast_session(exact: InferenceSession, model: ModelFile, threads: int) -> InferenceSession:
-    """The fast precision's session where one exists for ``exact``'s device, else ``exact``
-    (with one log line per reason and process)."""
-    if exact.provider == CUDA_PROVIDER:
-        reason = "no fast path on CUDA yet"
-    else:
-        reason = openvino_unavailable_reason()
-    if reason is not None:
-        if reason not in _fast_fallbacks:
-            _fast_fallbacks.add(reason)
-            logger.info("precision=fast runs exact (fp32): %s", reason)
-        return exact
+def _fast_runs_exact(reason: str) -> None:
+    """Say once per reason and process why ``precision=fast`` runs exact."""
+    if reason not in _fast_fallbacks:
+        _fast_fallbacks.add(reason)
+        logger.info("precision=fast runs exact (fp32): %s", reason)
+
+
+def _openvino_session(model_bytes: bytes, model: ModelFile, threads: int) -> InferenceSession:
+    """The fast precision's CPU session: OpenVINO in bfloat16."""
     # Single-threaded runs side by side: one stream per core, one thread each; a run on every
     # core: one stream with all of them.
     streams = available_cores() if threads == 1 else 1
-    compiled = compile_bf16(
-        prepare_for_inference(model.content), threads=max(threads, streams), streams=streams
-    )
+    compiled = compile_bf16(model_bytes, threads=max(threads, streams), streams=streams)
     logger.info("face detector on %s, %d thread(s) per run", OPENVINO_BF16, threads)
     return InferenceSession(
         session=compiled,
         provider=OPENVINO_BF16,
         device_id=None,
         model_sha256=model.sha256,
-        input_name=exact.input_name,
-        output_names=exact.output_names,
+        input_name=compiled.input_name,
+        output_names=compiled.output_names,
         threads=threads,
     )
 
@@ -282,7 +275,12 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def _build_session(model: ModelFile, device: DeviceSpec, threads: int) -> InferenceSession:
+def _build_session(
+    model: ModelFile,
+    device: DeviceSpec,
+    threads: int,
+    precision: Precision = Precision.EXACT,
+) -> InferenceSession:
     model_bytes = prepare_for_inference(model.content)
     reason = None
     if device.wants_cuda:
@@ -295,10 +293,17 @@ def _build_session(model: ModelFile, device: DeviceSpec, threads: int) -> Infere
                     device.device_id,
                     threads,
                 )
+                if precision is Precision.FAST:
+                    _fast_runs_exact("no fast path on CUDA yet")
                 return _wrap(session, model, CUDA_PROVIDER, device.device_id, threads)
             reason = f"a CUDA session on device {device.device_id} could not be created"
         if device.kind == "cuda":
             raise ProviderError(f"device='cuda' requested but CUDA cannot be used: {reason}")
+    if precision is Precision.FAST:
+        fast_reason = openvino_unavailable_reason()
+        if fast_reason is None:
+            return _openvino_session(model_bytes, model, threads)
+        _fast_runs_exact(fast_reason)
     session = ort.InferenceSession(
         model_bytes, sess_options=_session_options(threads), providers=[CPU_PROVIDER]
     )
