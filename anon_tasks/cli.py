@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-metadata", action="store_true", help="keep EXIF minus GPS and orientation"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--shard-size", type=int, default=32, help="images per task run")
+    parser.add_argument(
+        "--shard-size", type=int, help="images per task run (default: sized from the files)"
+    )
     parser.add_argument(
         "--allow-failures", action="store_true", help="exit 0 even when some images failed"
     )

@@ -216,12 +216,14 @@ class OutputSettings(_Settings):
 class RunSettings(_Settings):
     """How a dataset run is organised: shards, failures, captions and caching."""
 
-    shard_size: int = Field(
-        default=32,
+    shard_size: int | None = Field(
+        default=None,
         ge=1,
         le=10_000,
-        description="Average images per task run. Shards are stable: adding an image to the "
-        "dataset changes only the shard it falls in.",
+        description="Images per task run. Empty: sized from the files, about 32 typical "
+        "1024-px JPEGs' worth of work per task run (up to 1,024 thumbnails, as few as 8 very "
+        "large files). Shards are stable: adding an image to the dataset changes only the "
+        "shard it falls in.",
     )
     allow_failures: bool = Field(
         default=False,

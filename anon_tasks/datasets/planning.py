@@ -29,11 +29,12 @@ from anon_tasks.datasets.manifest import (
     read_recorded_rows,
     unchanged_row,
 )
-from anon_tasks.datasets.sharding import partition_of, stable_shards
+from anon_tasks.datasets.sharding import partition_of, size_weight, stable_shards
 from anon_tasks.storage.locations import location_within
 from anon_tasks.storage.resolved import ResolvedStorage
 
 __all__ = [
+    "DEFAULT_SHARD_SIZE",
     "RACY_WINDOW_NS",
     "RunPlan",
     "is_racy",
@@ -45,6 +46,8 @@ __all__ = [
 #: Status changes this close to (or after) the listing make a fingerprint untrustworthy: local
 #: file systems keep status-change times in clock ticks of a few milliseconds at most.
 RACY_WINDOW_NS = 20_000_000
+#: Typical images per shard when ``run.shard_size`` is unset (weighted by file size).
+DEFAULT_SHARD_SIZE = 32
 _CTIME = re.compile(r"(?:^|:)ctime_ns:(\d+)(?::|$)")
 
 
@@ -199,7 +202,11 @@ def plan_run(
         render.key,
     )
     shards = stable_shards(
-        own_images, [image.relative_path for image in own_images], run.shard_size
+        own_images,
+        [image.relative_path for image in own_images],
+        run.shard_size or DEFAULT_SHARD_SIZE,
+        # Unset: sized from the files, so that thumbnails travel in large shards.
+        None if run.shard_size else [size_weight(image.size_bytes) for image in own_images],
     )
     todo, done = [], []
     for shard in shards:
