@@ -1,8 +1,12 @@
 """Where ``detect_faces`` stores its records: a Prefect result storage checked against the source.
 
-A block slug (``s3-bucket/my-cache``) is used as it is, once it is known to store outside the
-source; a path or URL is saved once as a block named after it, since Prefect needs result
-storage persisted server-side.
+The flow resolves it once per run and hands it to the task, so no task run loads a block from
+the API. A block slug (``s3-bucket/my-cache``) is loaded, once it is known to store outside the
+source. A local folder (``<dest>/_anonymize/cache`` by default) is handed as a path, which
+Prefect stores through an unsaved ``LocalFileSystem`` under absolute paths: nothing is saved on
+the server, and the Blocks page does not gain a block per destination. A remote URL is saved
+once as a block named after it, since Prefect finds records of unsaved remote storage nowhere
+else.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 
 from anon_tasks.core.errors import ConfigurationError
 from anon_tasks.core.settings import BLOCK_SLUG, RunSettings
@@ -18,7 +22,7 @@ from anon_tasks.core.urls import is_local, local_path, redact_url
 from anon_tasks.datasets.manifest import DEFAULT_CACHE_DIR
 from anon_tasks.storage.locations import location_within
 
-__all__ = ["check_block_storage", "result_storage_slug"]
+__all__ = ["check_block_storage", "result_storage_for"]
 
 
 def _block_location(slug: str) -> str | None:
@@ -65,27 +69,36 @@ def check_block_storage(slug: str, source: str) -> None:
         )
 
 
-def result_storage_slug(dest: str, run: RunSettings) -> str | None:
-    """The result storage for cached detections, as a Prefect block slug.
+def result_storage_for(dest: str, run: RunSettings) -> WritableFileSystem | Path | None:
+    """The result storage for cached detections, resolved once for a run.
 
-    ``run.result_storage`` when it is a slug; else a block saved for its path or URL, or for
-    ``<dest>/_anonymize/cache`` when dest is local; None (Prefect's default) otherwise.
+    ``run.result_storage`` when it is a block slug (loaded); a ``Path`` for a local folder
+    (Prefect stores there through an unsaved ``LocalFileSystem``), or for
+    ``<dest>/_anonymize/cache`` when dest is local; a block saved for a remote URL; None
+    (Prefect's default) when neither is given and dest is remote.
     """
+    from prefect.blocks.core import Block
+
     location = run.result_storage
     if location is not None and BLOCK_SLUG.match(location):
-        return location
+        block = Block.load(location)
+        if not isinstance(block, WritableFileSystem):
+            raise ConfigurationError(
+                f"result_storage={location!r} is a {type(block).__name__}, which cannot store "
+                "files",
+                field="result_storage",
+            )
+        return block
     if location is None:
         if not is_local(dest):
             return None  # Prefect's default result storage
         location = str(local_path(dest).resolve() / DEFAULT_CACHE_DIR)
-    name = "anon-tasks-cache-" + hashlib.sha256(location.encode()).hexdigest()[:16]
     if is_local(location):
-        Path(local_path(location)).mkdir(parents=True, exist_ok=True)
-        block: LocalFileSystem | RemoteFileSystem = LocalFileSystem(
-            basepath=str(local_path(location))
-        )
-    else:
-        # Plain options only (an endpoint, a profile): secrets stay with the credential chain.
-        block = RemoteFileSystem(basepath=location, settings=dict(run.storage_options))
-    block.save(name, overwrite=True)
-    return f"{block.get_block_type_slug()}/{name}"
+        folder = Path(local_path(location)).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    name = "anon-tasks-cache-" + hashlib.sha256(location.encode()).hexdigest()[:16]
+    # Plain options only (an endpoint, a profile): secrets stay with the credential chain.
+    remote = RemoteFileSystem(basepath=location, settings=dict(run.storage_options))
+    remote.save(name, overwrite=True)
+    return remote

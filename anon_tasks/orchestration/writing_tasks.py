@@ -25,7 +25,7 @@ from anon_tasks.pipeline.stages import content_digest
 from anon_tasks.storage.fingerprints import file_fingerprint
 from anon_tasks.storage.locations import join_url
 from anon_tasks.storage.resolved import NO_OPTIONS, ResolvedStorage
-from anon_tasks.storage.writes import write_bytes_atomic
+from anon_tasks.storage.writes import flush_to_disk, write_bytes_atomic
 
 __all__ = ["remove_stale_outputs", "write_images"]
 
@@ -81,12 +81,20 @@ def write_images(
     logger = get_run_logger()
     staging = join_url(dest, STAGING_DIR) if is_local(dest) else None
 
+    written_urls: list[str] = []
+
     def write(relative: str, content: bytes) -> str | None:
-        """Write one file; its fingerprint in dest."""
+        """Write one file (flushed to disk with the others, below); its fingerprint in dest."""
         url = join_url(dest, relative)
         write_bytes_atomic(
-            url, content, storage.options, staging_dir=staging, protected_root=source
+            url,
+            content,
+            storage.options,
+            staging_dir=staging,
+            protected_root=source,
+            durable=False,
         )
+        written_urls.append(url)
         return file_fingerprint(url, storage.options)
 
     rows: list[ManifestRow] = []
@@ -144,6 +152,8 @@ def write_images(
                 refused_sidecars=item.refused_sidecars,
             )
         )
+    # On disk before any journal or manifest records them: one flush for the whole shard.
+    flush_to_disk(written_urls, storage.options)
     return rows
 
 

@@ -9,12 +9,16 @@ location lies inside a protected root (the source) is refused.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
@@ -23,7 +27,7 @@ from anon_tasks.core.errors import UnsafePathError
 from anon_tasks.core.urls import is_local, local_path, redact_url
 from anon_tasks.storage.locations import StorageOptions, location_within, url_to_fs
 
-__all__ = ["TEMP_PREFIX", "remove_stale_staging_files", "write_bytes_atomic"]
+__all__ = ["TEMP_PREFIX", "flush_to_disk", "remove_stale_staging_files", "write_bytes_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ def write_bytes_atomic(
     *,
     staging_dir: str | None = None,
     protected_root: str | None = None,
+    durable: bool = True,
 ) -> None:
     """Write ``content`` to ``url`` so that readers see either nothing or the whole file.
 
@@ -54,6 +59,9 @@ def write_bytes_atomic(
             folder whose real location is it or lies inside it is refused before anything is
             created. Every link on the way is followed (a linked folder in dest leading into
             the source, a target that is itself a link); checked again just before the rename.
+        durable: Flush a local file to disk before it is renamed into place. A caller writing
+            many files passes False and calls :func:`flush_to_disk` once for all of them before
+            it records them anywhere (one journal commit instead of one per file).
 
     Raises:
         UnsafePathError: The target or the staging folder lies inside ``protected_root``.
@@ -63,11 +71,11 @@ def write_bytes_atomic(
         if staging_dir is not None:
             _refuse_protected(staging_dir, protected_root, options)
     if is_local(url):
-        _write_local_atomic(local_path(url), content, staging_dir, protected_root)
+        _write_local_atomic(local_path(url), content, staging_dir, protected_root, durable)
         return
     fs, path = url_to_fs(url, options)
     if isinstance(fs, LocalFileSystem):
-        _write_local_atomic(Path(path), content, staging_dir, protected_root)
+        _write_local_atomic(Path(path), content, staging_dir, protected_root, durable)
         return
     fs.pipe_file(path, content)  # one PUT: object stores never expose a partial object
 
@@ -126,8 +134,59 @@ def _current_umask() -> int:
     return mask
 
 
+def flush_to_disk(urls: Iterable[str], options: StorageOptions | None = None) -> None:
+    """Make the local files just written at ``urls`` durable: one flush per filesystem.
+
+    Linux flushes a whole filesystem with ``syncfs`` (one journal commit, whatever the number
+    of files); elsewhere every filesystem is flushed (``os.sync``). Object-store URLs need
+    nothing: a PUT is durable when it returns.
+    """
+    folders = set()
+    for url in urls:
+        if is_local(url):
+            folders.add(local_path(url).parent)
+        else:
+            fs, path = url_to_fs(url, options)
+            if isinstance(fs, LocalFileSystem):
+                folders.add(Path(path).parent)
+    if not folders:
+        return
+    devices: dict[int, Path] = {}
+    for folder in folders:
+        try:
+            devices.setdefault(folder.stat().st_dev, folder)
+        except OSError:  # gone since: nothing of it to flush
+            continue
+    syncfs = _syncfs()
+    if syncfs is None:
+        os.sync()
+        return
+    for folder in devices.values():
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            if syncfs(handle) != 0:
+                raise OSError(ctypes.get_errno(), f"syncfs failed for {folder}")
+        finally:
+            os.close(handle)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
 def _write_local_atomic(
-    target: Path, content: bytes, staging_dir: str | None, protected_root: str | None
+    target: Path,
+    content: bytes,
+    staging_dir: str | None,
+    protected_root: str | None,
+    durable: bool = True,
 ) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)  # mode 0o777, less the umask
     folder = target.parent
@@ -143,8 +202,9 @@ def _write_local_atomic(
             else:  # pragma: no cover - Windows before Python 3.13
                 os.chmod(temp_name, mode)  # noqa: PTH101
             file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
         if protected_root is not None:  # a folder swapped for a link since the first check
             _refuse_protected(str(target), protected_root, None)
         try:
@@ -153,7 +213,7 @@ def _write_local_atomic(
             if exc.errno != errno.EXDEV or folder == target.parent:
                 raise
             Path(temp_name).unlink(missing_ok=True)
-            _write_local_atomic(target, content, None, protected_root)
+            _write_local_atomic(target, content, None, protected_root, durable)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise

@@ -138,29 +138,50 @@ def test_a_hard_link_in_dest_is_replaced_and_the_source_file_untouched(trees) ->
     assert not os.path.samefile(source / "a.jpg", dest / "a.jpg")
 
 
+@pytest.mark.parametrize("durable", [True, False])
 def test_a_folder_swapped_for_a_link_during_the_write_is_caught_before_the_rename(
-    trees, monkeypatch, tmp_path
+    trees, monkeypatch, tmp_path, durable
 ) -> None:
     source, dest = trees
     (dest / "sub").mkdir()
     staging = tmp_path / "staging"
-    real_fsync = os.fsync
+    real_fchmod = os.fchmod
 
-    def fsync_then_swap(descriptor: int) -> None:
-        real_fsync(descriptor)
+    def fchmod_then_swap(descriptor: int, mode: int) -> None:  # between the checks
+        real_fchmod(descriptor, mode)
         (dest / "sub").rename(dest / "moved")
         (dest / "sub").symlink_to(source / "sub")
 
-    monkeypatch.setattr(os, "fsync", fsync_then_swap)
+    monkeypatch.setattr(os, "fchmod", fchmod_then_swap)
     with pytest.raises(UnsafePathError):
         write_bytes_atomic(
             str(dest / "sub" / "b.jpg"),
             b"masked",
             staging_dir=str(staging),
             protected_root=str(source),
+            durable=durable,
         )
     assert (source / "sub" / "b.jpg").read_bytes() == b"original b"
     assert list(staging.iterdir()) == []  # the temporary file is gone
+
+
+def test_files_written_without_a_flush_each_are_flushed_once_per_filesystem(
+    tmp_path, monkeypatch
+) -> None:
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", fsyncs.append)
+    urls = [str(tmp_path / "out" / f"part{i % 3}" / f"{i}.jpg") for i in range(12)]
+    for url in urls:
+        write_bytes_atomic(url, b"masked", durable=False)
+    assert fsyncs == []  # no flush per file
+    flushed: list[int] = []
+    real = writes._syncfs()
+    if real is None:
+        pytest.skip("no syncfs here: every filesystem is flushed with os.sync")
+    monkeypatch.setattr(writes, "_syncfs", lambda: lambda fd: flushed.append(real(fd)) or 0)
+    writes.flush_to_disk([*urls, str(tmp_path / "gone" / "x.jpg"), "memory://bucket/y.jpg"])
+    assert flushed == [0]  # one filesystem, one call, and it succeeded
+    assert all(Path(url).read_bytes() == b"masked" for url in urls)
 
 
 def test_object_store_targets_inside_the_protected_prefix_are_refused() -> None:
