@@ -117,3 +117,28 @@ def deface_cli_seconds(files: list[Path], *, threshold: float, mask_scale: float
 
 def median_ms(seconds: list[float]) -> float:
     return float(np.median(seconds)) * 1000
+
+
+def tiny_dataset(files: list[Path], count: int, into: Path, size_wh: tuple[int, int]) -> Path:
+    """``count`` small JPEGs (quality 90): crops of ``size_wh`` cut from ``files`` in turn, each
+    from another place, so that the model costs little and per-image overhead shows.
+
+    The crops are taken round the image centre and step across it, so many hold a face or part
+    of one, as a training dataset of small crops does.
+    """
+    width, height = size_wh
+    into.mkdir(parents=True, exist_ok=True)
+    decoded = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in files]
+    for index in range(count):
+        image = decoded[index % len(decoded)]
+        rows, cols = image.shape[:2]
+        step = index // len(decoded)
+        top = (rows // 3 + 37 * step) % max(1, rows - height)
+        left = (cols // 3 + 53 * step) % max(1, cols - width)
+        crop = image[top : top + height, left : left + width]
+        if crop.shape[:2] != (height, width):
+            crop = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        target = into / f"part{index // 1000:03d}" / f"crop{index:06d}.jpg"
+        target.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return into

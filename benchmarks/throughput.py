@@ -33,6 +33,12 @@ floors are then left out too.
 
 ``--memory`` runs the flow (running-server case) over the first 200 images and over 2,000 (the
 folder repeated under other names), and reports each run's peak RSS and time.
+
+``--tiny COUNT`` runs the report on COUNT small crops (``--tiny-size``, default 96x72, JPEG
+quality 90) cut from the folder's images, where the model costs little and per-image overhead
+shows; the cases default to deface's CLI and the flow. With ``--memory``, ``--sizes`` counts
+tiny images instead. Every flow case also reruns on the unchanged dataset (reported as
+``rerun``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from _common import (
     median_ms,
     peak_rss_mb,
     reference_blob,
+    tiny_dataset,
 )
 
 BIN = Path(sys.executable).parent
@@ -123,7 +130,13 @@ def _run_flow(source: Path, precision: str = "exact") -> dict[str, object]:
         started = time.perf_counter()
         summary = anonymize_dataset(str(source), dest, detection)
         seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        again = anonymize_dataset(str(source), dest, detection)
+        rerun = time.perf_counter() - started
+        if again.images_unchanged != summary.images_written:
+            raise RuntimeError(f"the rerun redid work: {again}")
     return {
+        "rerun_seconds": rerun,
         "seconds": seconds,
         "images": summary.images_total,
         "inferred": summary.images_inferred,
@@ -324,7 +337,10 @@ def speed_report(
             continue
         result = results[key]
         row(f"flow, {label}", result)
-        print(f"{'':40}Prefect start-up {result['prefect_startup_seconds']:.2f} s (not counted)")
+        print(
+            f"{'':40}Prefect start-up {result['prefect_startup_seconds']:.2f} s (not counted); "
+            f"rerun, nothing changed: {result['rerun_seconds']:.2f} s"
+        )
 
     def ratio(label: str, over: str, under: str) -> None:
         if over not in results or under not in results:
@@ -349,17 +365,23 @@ def speed_report(
     ratio("flow, exact / flow, fast precision", "flow", "flow-fast")
 
 
-def memory_report(folder: Path, sizes: list[int]) -> None:
+def memory_report(folder: Path, sizes: list[int], tiny: tuple[int, int] | None = None) -> None:
     files = image_files(folder)
     print(f"machine: {machine_description()}")
     with tempfile.TemporaryDirectory(prefix="anon-memory-") as work:
         for size in sizes:
-            dataset = repeated_dataset(files, size, Path(work) / f"n{size}")
+            into = Path(work) / f"n{size}"
+            if tiny:
+                dataset = tiny_dataset(files, size, into, tiny)
+            else:
+                dataset = repeated_dataset(files, size, into)
             result = child("flow", dataset)
             print(
-                f"flow over {size:5d} images: {result['seconds']:7.1f} s  "
-                f"peak RSS {result['peak_rss_mb']} MB  (inferred {result['inferred']}, "
-                f"read {result['read']}: reads above the count were decoded again)"
+                f"flow over {size:5d} {'tiny ' if tiny else ''}images: {result['seconds']:7.1f} s"
+                f" ({1000 * result['seconds'] / size:.2f} ms/img), rerun "
+                f"{result['rerun_seconds']:.2f} s, peak RSS {result['peak_rss_mb']} MB "
+                f"(inferred {result['inferred']}, read {result['read']}: reads above the count "
+                "were decoded again)"
             )
 
 
@@ -371,6 +393,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[200, 2000])
     parser.add_argument("--repeat", type=int, default=3, help="rounds of every case")
     parser.add_argument("--cases", nargs="*", choices=ROUND_CASES, help="only these cases")
+    parser.add_argument("--tiny", type=int, metavar="COUNT", help="COUNT small crops instead")
+    parser.add_argument("--tiny-size", default="96x72", help="WIDTHxHEIGHT of the crops")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -379,8 +403,14 @@ def main() -> None:
         return
     if not image_files(args.folder):
         raise SystemExit(f"no images under {args.folder}")
+    tiny = tuple(int(side) for side in args.tiny_size.lower().split("x")) if args.tiny else None
     if args.memory:
-        memory_report(args.folder, args.sizes)
+        memory_report(args.folder, args.sizes, tiny)  # type: ignore[arg-type]
+    elif tiny:
+        with tempfile.TemporaryDirectory(prefix="anon-tiny-") as work:
+            folder = tiny_dataset(image_files(args.folder), args.tiny, Path(work), tiny)
+            print(f"tiny images: {args.tiny} crops of {args.tiny_size} from {args.folder}")
+            speed_report(folder, args.skip_deface, args.repeat, args.cases or ["deface", "flow"])
     else:
         speed_report(args.folder, args.skip_deface, args.repeat, args.cases)
 

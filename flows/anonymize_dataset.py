@@ -30,7 +30,13 @@ from prefect.utilities.annotations import opaque, quote
 
 from anon_tasks.core.errors import ConfigurationError
 from anon_tasks.core.faces import faces_above
-from anon_tasks.core.records import ImageStatus, ManifestRow, RunSummary, ShardDetections
+from anon_tasks.core.records import (
+    ImageRef,
+    ImageStatus,
+    ManifestRow,
+    RunSummary,
+    ShardDetections,
+)
 from anon_tasks.core.settings import (
     AnonymizeMethod,
     DetectionSettings,
@@ -56,7 +62,7 @@ from anon_tasks.orchestration.listing_tasks import scan_source
 from anon_tasks.orchestration.masking_task import MaskedShard, mask_faces
 from anon_tasks.orchestration.preflight import check_paths
 from anon_tasks.orchestration.reporting import ProgressReport, finish_state, publish
-from anon_tasks.orchestration.result_storage import result_storage_slug
+from anon_tasks.orchestration.result_storage import result_storage_for
 from anon_tasks.orchestration.writing_tasks import remove_stale_outputs, write_images
 from anon_tasks.pipeline.decoded_cache import DecodedCache
 from anon_tasks.pipeline.memory import limit_heap_growth
@@ -160,13 +166,23 @@ class _ShardRun:
     size: int
 
 
+def _earlier_records(shard: list[ImageRef], plan: RunPlan) -> dict[str, str]:
+    """Where earlier runs stored the candidates of this shard's images (by relative path)."""
+    earlier = {}
+    for image in shard:
+        row = plan.previous.get(image.relative_path)
+        if row is not None and row.detections_key is not None:
+            earlier[image.relative_path] = row.detections_key
+    return earlier
+
+
 def _process(plan: RunPlan, run: _Run) -> _Outcome:
     """Detect, mask and write every stale shard; shards spread over the available devices."""
     render = run.render
     detect_only = render.masking.method is AnonymizeMethod.NONE
     outcome = _Outcome(rows=list(plan.up_to_date_rows))
     progress = ProgressReport(total=len(plan.images), done=len(plan.up_to_date_rows))
-    detect = detect_faces.with_options(result_storage=result_storage_slug(run.dest, render.run))
+    detect = detect_faces.with_options(result_storage=result_storage_for(run.dest, render.run))
     devices = available_devices(render.detection.device)
     # Per device: one thread runs the model while another masks and encodes the previous
     # shard and a third writes; never an unbounded pool. At most SHARDS_IN_FLIGHT shards per
@@ -189,10 +205,11 @@ def _process(plan: RunPlan, run: _Run) -> _Outcome:
             )
         else:
             outcome.images_read += shard_run.masked.result().images_read
+            # New rows name the record holding their candidates, for the next run's changed
+            # shards (``detect_faces``'s ``earlier``).
+            fresh = {"listed_at_ns": plan.listed_at_ns, "detections_key": detections.record_key}
             shard_rows = [
-                row
-                if row.status is ImageStatus.UNCHANGED
-                else row.model_copy(update={"listed_at_ns": plan.listed_at_ns})
+                row if row.status is ImageStatus.UNCHANGED else row.model_copy(update=fresh)
                 for row in shard_run.written.result()
             ]
             outcome.rows.extend(shard_rows)
@@ -220,7 +237,7 @@ def _process(plan: RunPlan, run: _Run) -> _Outcome:
             found = runner.submit(
                 detect,
                 {
-                    "images": shard,
+                    "images": quote(shard),  # a list of values: nothing for Prefect to resolve
                     "source": run.source,
                     "detection": render.detection,
                     "output": render.output,
@@ -228,6 +245,7 @@ def _process(plan: RunPlan, run: _Run) -> _Outcome:
                     "storage": run.storage,
                     # Pixels wait for the mask task; a detect-only run has none to wait for.
                     "decoded": None if detect_only else opaque(run.decoded),
+                    "earlier": quote(_earlier_records(shard, plan)),
                 },
             )
             if detect_only:  # nothing masked or written

@@ -98,6 +98,7 @@ def batching(monkeypatch):
     """The CPU detector batching like a GPU one: one model run at a time, 4 same-size images
     per run."""
     monkeypatch.setattr(CenterFaceDetector, "batch_size", property(lambda self: 4))
+    monkeypatch.setattr(CenterFaceDetector, "pads_batches", property(lambda self: True))
     monkeypatch.setattr(CenterFaceDetector, "concurrent_runs", property(lambda self: 1))
 
 

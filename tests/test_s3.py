@@ -266,7 +266,8 @@ def test_result_storage_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
     s3.invalidate_cache()
     stored = s3.find(f"{BUCKET}/cache/anon")
     assert any("anon-detect-shard-" in key for key in stored)
-    assert sum("anon-detect-" in key for key in stored) >= 5
+    # One record per shard, none per image: manifest rows name the shard record instead.
+    assert all("anon-detect-shard-" in key for key in stored if "anon-detect-" in key)
     from anon_tasks.flows import anonymize_dataset
 
     again = anonymize_dataset(

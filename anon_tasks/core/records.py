@@ -75,6 +75,17 @@ class ShardDetections(_Record):
     images_read: int = Field(default=0, description="Source images read by this task run.")
     images_inferred: int = Field(default=0, description="Images the model ran on.")
     device: str | None = Field(default=None, description="The device leased for inference.")
+    record_key: str | None = Field(
+        default=None,
+        description="The key this shard's record is stored under in the result storage "
+        "(manifest rows name it, so that a changed shard finds its images' candidates again).",
+    )
+    context_key: str | None = Field(
+        default=None,
+        description="Digest of everything besides the images that the candidates depend on "
+        "(model, score floor, settings, version): another shard reuses them only under the "
+        "same one.",
+    )
 
 
 class ImageStatus(StrEnum):
@@ -144,6 +155,11 @@ class ManifestRow(_Record):
         default=None, description="Digest of everything that determines the output bytes."
     )
     parameters: dict[str, object] = Field(default_factory=dict)
+    detections_key: str | None = Field(
+        default=None,
+        description="Key of the stored detection record holding this image's face candidates "
+        "(down to the score floor), in the run's result storage.",
+    )
     model_sha256: str
     package_version: str
 

@@ -31,6 +31,7 @@ __all__ = [
     "KEY_SCHEMA",
     "OUTPUT_NEUTRAL_FIELDS",
     "RenderSpec",
+    "detection_context_key",
     "detection_key",
     "shard_detection_key",
 ]
@@ -115,6 +116,14 @@ def detection_key(
     """Key of one image's stored detections."""
     context = _detection_context(source, model_sha256, detection, output)
     return _digest("detect", {**context, "image": [image.relative_path, image.fingerprint]})
+
+
+def detection_context_key(
+    *, source: str, model_sha256: str, detection: DetectionSettings, output: OutputSettings
+) -> str:
+    """Key of everything besides the images that stored detections depend on: records made
+    under the same context key hold the same candidates for the same image content."""
+    return _digest("detect-context", _detection_context(source, model_sha256, detection, output))
 
 
 def shard_detection_key(

@@ -38,6 +38,8 @@ from anon_tasks.detection.runtime import (
 )
 
 __all__ = [
+    "CPU_BATCH_MAX_PIXELS",
+    "CPU_BATCH_SIZE",
     "CUDA_BATCH_PIXELS",
     "CUDA_BATCH_SIZE",
     "CUDA_CANVAS_GRID_PX",
@@ -74,6 +76,12 @@ CUDA_CANVAS_GRID_PX = 64
 #: Most network-input pixels in one CUDA run: eight 1024x1536 inputs; larger images get smaller
 #: batches, down to one image (a run holds GPU memory in proportion to its pixels).
 CUDA_BATCH_PIXELS = 13_000_000
+#: On the CPU, images this small (network input pixels, 256 x 256) run in batches of
+#: ``CPU_BATCH_SIZE`` of one size: per-run overhead is most of their cost, and a batch gives
+#: each image the same candidates as a run of its own (benchmarks/throughput.py's tiny case;
+#: larger inputs gain nothing, and from 384 x 288 they lose).
+CPU_BATCH_MAX_PIXELS = 256 * 256
+CPU_BATCH_SIZE = 8
 #: CPU runs above this many input pixels use every core and run alone; smaller ones run side
 #: by side, one single-threaded run per core (one CPU run holds about 190 MB per megapixel).
 PARALLEL_MAX_PIXELS = 2_500_000
@@ -168,9 +176,15 @@ class CenterFaceDetector:
 
     @property
     def batch_size(self) -> int:
-        """Images per model run worth batching: ``CUDA_BATCH_SIZE`` on CUDA, 1 on the CPU
-        (where a batch runs no faster per image than single images)."""
-        return CUDA_BATCH_SIZE if self._session.provider == CUDA_PROVIDER else 1
+        """Most images per model run: ``CUDA_BATCH_SIZE`` on CUDA, ``CPU_BATCH_SIZE`` on the
+        CPU (small inputs only: :meth:`batch_size_for`)."""
+        return CUDA_BATCH_SIZE if self._session.provider == CUDA_PROVIDER else CPU_BATCH_SIZE
+
+    @property
+    def pads_batches(self) -> bool:
+        """Whether batches are padded to one input shape per canvas size (CUDA, which plans
+        its kernels per shape; the CPU runs any batch as it comes)."""
+        return self._session.provider == CUDA_PROVIDER
 
     @property
     def canvas_grid_px(self) -> int:
@@ -184,10 +198,13 @@ class CenterFaceDetector:
         return rounded_up_wh(network_size_wh(width, height), self.canvas_grid_px)
 
     def batch_size_for(self, canvas_wh: tuple[int, int]) -> int:
-        """Images per model run for inputs of ``canvas_wh`` pixels: :attr:`batch_size`, less
-        where the batch would exceed ``CUDA_BATCH_PIXELS``."""
+        """Images per model run for inputs of ``canvas_wh`` pixels: on CUDA :attr:`batch_size`,
+        less where the batch would exceed ``CUDA_BATCH_PIXELS``; on the CPU :attr:`batch_size`
+        up to ``CPU_BATCH_MAX_PIXELS`` an input, else 1."""
         width, height = canvas_wh
-        return max(1, min(self.batch_size, CUDA_BATCH_PIXELS // (width * height)))
+        if self.pads_batches:
+            return max(1, min(self.batch_size, CUDA_BATCH_PIXELS // (width * height)))
+        return self.batch_size if width * height <= CPU_BATCH_MAX_PIXELS else 1
 
     def detect(self, rgb: np.ndarray) -> FaceArrays:
         """All faces scoring above :attr:`score_floor` in one pass over ``rgb`` (its pixels).

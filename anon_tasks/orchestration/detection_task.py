@@ -1,14 +1,16 @@
-"""The detection task: every face candidate of a shard, found once and cached twice.
+"""The detection task: every face candidate of a shard, found once and cached.
 
 Prefect caches ``detect_faces`` per shard (its key digests every image's content fingerprint,
-the model's SHA-256, the score floor and the package version), and each image's detections are
-also stored under their own key in the same result storage, so a shard that gains one image
-runs the model on that image only. The model runs under an exclusive device lease.
+the model's SHA-256, the score floor and the package version) and stores the record under that
+key. Manifest rows name the record that holds each image's candidates, so a shard that changed
+(it gained, lost or changed an image) reads the records its other images were found in and
+runs the model on the new or changed images only: one record read per earlier shard, never one
+record per image. The model runs under an exclusive device lease.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -18,7 +20,7 @@ from anon_tasks.core.errors import ImageError
 from anon_tasks.core.faces import Face
 from anon_tasks.core.records import ImageDetections, ImageRef, ShardDetections
 from anon_tasks.core.settings import DetectionSettings, OutputSettings
-from anon_tasks.datasets.keys import detection_key, shard_detection_key
+from anon_tasks.datasets.keys import detection_context_key, shard_detection_key
 from anon_tasks.detection.model import load_model_file
 from anon_tasks.pipeline.decoded_cache import DecodedCache
 from anon_tasks.pipeline.leases import leased_detector
@@ -69,19 +71,52 @@ def _image_detections(
     )
 
 
-def _stored_detections(context: TaskRunContext | None, key: str) -> ImageDetections | None:
+def _stored_shard(context: TaskRunContext | None, key: str) -> ShardDetections | None:
+    """An earlier shard's record, or None when it is missing or unreadable."""
     store = context.result_store if context else None
-    if store is None or not store.exists(key):
+    if store is None:
         return None
     try:
+        if not store.exists(key):
+            return None
         value = store.read(key).result
     except Exception:  # an unreadable record is recomputed, never trusted
         return None
-    if not isinstance(value, ImageDetections):
-        return None
-    if value.error is None and value.content_sha256 is None:
-        return None  # not bound to the bytes it was computed on: recompute
-    return value
+    return value if isinstance(value, ShardDetections) else None
+
+
+def _earlier_detections(
+    context: TaskRunContext | None,
+    images: Sequence[ImageRef],
+    earlier: Mapping[str, str],
+    context_key: str,
+) -> dict[str, ImageDetections]:
+    """The images' candidates that earlier shard runs found under the same detection context.
+
+    Args:
+        context: This task run's context (its result store).
+        images: The shard's images.
+        earlier: Record key by relative path, from the previous manifest rows.
+        context_key: This run's ``detection_context_key``.
+    """
+    wanted: dict[str, dict[tuple[str, str], ImageRef]] = {}
+    for image in images:
+        record = earlier.get(image.relative_path)
+        if record is not None:
+            wanted.setdefault(record, {})[(image.relative_path, image.fingerprint)] = image
+    found: dict[str, ImageDetections] = {}
+    for record, by_content in wanted.items():
+        shard = _stored_shard(context, record)
+        if shard is None or shard.context_key != context_key:
+            continue  # another model, floor, precision or version: its candidates differ
+        for stored in shard.images:
+            image = by_content.get((stored.image.relative_path, stored.image.fingerprint))
+            if image is None:  # another image, or the same path with other content
+                continue
+            if stored.error is None and stored.content_sha256 is None:
+                continue  # not bound to the bytes it was computed on: recompute
+            found[image.relative_path] = stored
+    return found
 
 
 @task(
@@ -102,6 +137,7 @@ def detect_faces(
     device_hint: int = 0,
     storage: ResolvedStorage = NO_OPTIONS,
     decoded: DecodedCache | None = None,
+    earlier: Mapping[str, str] | None = None,
 ) -> ShardDetections:
     """Find every face candidate above the score floor in a shard of images.
 
@@ -119,6 +155,9 @@ def detect_faces(
             round-robin); a free device is leased exclusively for the shard's inference.
         storage: How to reach the source (``resolve_storage(run)``).
         decoded: The run's decoded-image cache: decoded pixels wait there for ``mask_faces``.
+        earlier: For images earlier runs searched, the key of the shard record that holds
+            their candidates (manifest rows' ``detections_key``); reused where the image's
+            detection key is unchanged.
 
     Returns:
         Detections per image, and how many images were read and inferred in this run.
@@ -127,17 +166,14 @@ def detect_faces(
     context = TaskRunContext.get()
     store = context.result_store if context is not None else None
     model_sha = load_model_file(detection.model_path).sha256
-    keys = {
-        image.relative_path: detection_key(
-            image, source=source, model_sha256=model_sha, detection=detection, output=output
-        )
-        for image in images
-    }
-    found: dict[str, ImageDetections] = {}
-    for image in images:
-        stored = _stored_detections(context, keys[image.relative_path])
-        if stored is not None:
-            found[image.relative_path] = stored
+    record_key = shard_detection_key(
+        images, source=source, model_sha256=model_sha, detection=detection, output=output
+    )
+    context_key = detection_context_key(
+        source=source, model_sha256=model_sha, detection=detection, output=output
+    )
+    found = _earlier_detections(context, images, earlier or {}, context_key) if store else {}
+    reused = len(found)
     missing = [image for image in images if image.relative_path not in found]
     device = None
     read = inferred = 0
@@ -153,12 +189,11 @@ def detect_faces(
                     inferred += 1
                     if decoded is not None and item.content_sha256 is not None:
                         decoded.put(item.url, item.content_sha256, item.decoded)
-                if store is not None:
-                    store.write(obj=result, key=keys[item.image.relative_path])
                 found[item.image.relative_path] = result
     logger.info(
-        "%d image(s): %d read, %d inferred%s",
+        "%d image(s): %d found by earlier runs, %d read, %d inferred%s",
         len(images),
+        reused,
         read,
         inferred,
         f" on {device}" if device else "",
@@ -167,5 +202,10 @@ def detect_faces(
     # each to this run's reference, so its caption sidecars are today's, never a cached list.
     results = [found[image.relative_path].model_copy(update={"image": image}) for image in images]
     return ShardDetections(
-        images=tuple(results), images_read=read, images_inferred=inferred, device=device
+        images=tuple(results),
+        images_read=read,
+        images_inferred=inferred,
+        device=device,
+        record_key=record_key,
+        context_key=context_key,
     )

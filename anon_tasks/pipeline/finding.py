@@ -1,8 +1,9 @@
 """Faces of decoded images: every frame and view searched, same-size images batched.
 
-The batching policy lives here, not in the detector or the library facade: where the device
-gains from batches (CUDA), single-frame opaque images that ``balanced`` quality searches in one
-pass are run together with others of the same canvas size; every other image runs alone. The
+The batching policy lives here, not in the detector or the library facade: single-frame opaque
+images that ``balanced`` quality searches in one pass are run together with others of the same
+canvas size, where the device gains from it (CUDA: any size up to a pixel budget; the CPU:
+small inputs only, ``detector.batch_size_for``); every other image runs alone. The
 faces are the detector's candidates, down to its score floor: the threshold is applied by
 whoever uses them.
 """
@@ -39,8 +40,8 @@ def find_faces(detector: CenterFaceDetector, image: DecodedImage) -> tuple[Face,
 def batch_key(detector: CenterFaceDetector, image: DecodedImage) -> tuple[int, int] | None:
     """The canvas size ``image`` is batched under, or None when it runs alone.
 
-    Only where the device gains from batches (``detector.batch_size`` above 1), and only a
-    single opaque frame that ``balanced`` quality searches in one pass.
+    Only where the device gains from batches (``detector.batch_size_for`` the canvas above 1),
+    and only a single opaque frame that ``balanced`` quality searches in one pass.
     """
     if (
         detector.batch_size == 1
@@ -52,7 +53,8 @@ def batch_key(detector: CenterFaceDetector, image: DecodedImage) -> tuple[int, i
     height, width = image.frames[0].shape[:2]
     if not fits_one_pass(height, width):
         return None
-    return detector.canvas_size_wh(width, height)
+    canvas = detector.canvas_size_wh(width, height)
+    return canvas if detector.batch_size_for(canvas) > 1 else None
 
 
 def find_faces_batched(
@@ -61,8 +63,8 @@ def find_faces_batched(
     """Candidates of several images, each as :func:`find_faces` gives them alone.
 
     Images of one :func:`batch_key` run together, in runs of the detector's batch size for their
-    size (a short run padded, so each size has one input shape); the boxes are those found
-    image by image.
+    size (on CUDA a short run is padded, so each size has one input shape); the boxes are those
+    found image by image.
     """
     results: list[tuple[Face, ...] | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
@@ -76,7 +78,8 @@ def find_faces_batched(
         batch_size = detector.batch_size_for(key)
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            found = detector.detect_batch([rgb for _, rgb in chunk], pad_to=batch_size)
+            pad_to = batch_size if detector.pads_batches else None
+            found = detector.detect_batch([rgb for _, rgb in chunk], pad_to=pad_to)
             for (index, _), faces in zip(chunk, found, strict=True):
                 results[index] = faces.to_faces(frame=0)
     return [faces if faces is not None else () for faces in results]

@@ -1,13 +1,14 @@
 """The detection pipeline: read, decode and detect on a few threads, results in input order.
 
-On the CPU, one thread per core reads, decodes and detects one image at a time with a
-single-threaded model run: images run side by side (the GIL is released in Pillow and ONNX
-Runtime). On CUDA, reads and decodes run on ``pipeline_threads()`` threads ahead of the model,
-which runs in the caller's thread on full batches of one image size: images wait (up to
-``BATCH_WINDOW_BATCHES`` batches of them, ``BATCH_WINDOW_BYTES`` of pixels) for others of their
-size, since every new input shape costs CUDA seconds of planning. Either way at most a few
-images are in flight: memory is bounded by the look-ahead and the window, not by the number of
-images.
+On the CPU, one thread per core reads, decodes and detects with a single-threaded model run:
+images run side by side (the GIL is released in Pillow and ONNX Runtime). Each thread takes
+one image at a time, or up to ``CPU_BATCH_SIZE`` consecutive small files (``SMALL_FILE_BYTES``
+each) together, whose small inputs of one size then share a model run. On CUDA, reads and
+decodes run on ``pipeline_threads()`` threads ahead of the model, which runs in the caller's
+thread on full batches of one image size: images wait (up to ``BATCH_WINDOW_BATCHES`` batches
+of them, ``BATCH_WINDOW_BYTES`` of pixels) for others of their size, since every new input
+shape costs CUDA seconds of planning. Either way at most a few images are in flight: memory is
+bounded by the look-ahead and the window, not by the number of images.
 
 The faces are the detector's candidates, down to its score floor (see ``pipeline.finding``).
 ``detect_faces`` (the Prefect task) wraps :func:`detect_images`; the GPU benchmark calls it
@@ -114,19 +115,48 @@ def detect_images(
 
     runs = detector.concurrent_runs
     if runs > 1:
-        # CPU: each thread reads, decodes and detects one image, one thread per core.
-        def one(image: ImageRef) -> tuple[FetchedImage, tuple[Face, ...] | Exception]:
-            fetched = fetch(image)
+        # CPU: each thread reads, decodes and detects one image (or a few small ones), one
+        # thread per core.
+        def chunk(
+            refs: list[ImageRef],
+        ) -> list[tuple[FetchedImage, tuple[Face, ...] | Exception]]:
+            fetched = [fetch(image) for image in refs]
             with side_by_side_runs():
-                return fetched, _detect_chunk(detector, [fetched])[0]
+                return list(zip(fetched, _detect_chunk(detector, fetched), strict=True))
 
-        yield from ordered_map(one, images, threads=runs, ahead=2 * runs)
+        chunks = _small_file_chunks(images, detector.batch_size)
+        for done in ordered_map(chunk, chunks, threads=runs, ahead=2 * runs):
+            yield from done
         return
     # One run at a time (CUDA): reads and decodes on a pool, batches in this thread.
     threads = pipeline_threads()
     batch = detector.batch_size
     stream = ordered_map(fetch, images, threads=threads, ahead=max(2 * threads, 2 * batch))
     yield from _same_size_batches(detector, stream, window=BATCH_WINDOW_BATCHES * batch)
+
+
+#: Files up to this size go to a CPU thread together (up to the batch size): a 64 KB file
+#: decodes to at most about 66 MB (deflate's ratio), so a group holds no more pixels than the
+#: look-ahead of single images may.
+SMALL_FILE_BYTES = 64 * 1024
+
+
+def _small_file_chunks(images: Sequence[ImageRef], size: int) -> Iterator[list[ImageRef]]:
+    """``images`` in order, consecutive small files in groups of up to ``size``, others alone."""
+    group: list[ImageRef] = []
+    for image in images:
+        if image.size_bytes > SMALL_FILE_BYTES:
+            if group:
+                yield group
+                group = []
+            yield [image]
+            continue
+        group.append(image)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 #: Images held back to fill same-size batches, in batches (on CUDA: 4 x 8 decoded images).
