@@ -347,3 +347,60 @@ def test_heap_growth_limit_keeps_image_sized_buffers_on_their_own_mappings() -> 
 
     assert offset("limited") == 16
     assert offset("default") != 16
+
+
+def test_small_files_share_cpu_runs_with_the_faces_of_single_runs(
+    model_inputs, astronaut_rgb, tmp_path
+) -> None:
+    """On the CPU (no monkeypatching), consecutive small files go to a thread together and
+    inputs of one small size share a model run; every image keeps the candidates of a run of
+    its own, and a bad file among them fails alone."""
+    detector = _detector(threshold=0.05)
+    assert detector.concurrent_runs > 1 or detector.batch_size > 1
+    refs = []
+    for index in range(12):
+        size = (160, 120) if index % 4 else (200, 150)  # two network sizes, mixed
+        photo = cv2.resize(np.roll(astronaut_rgb, 25 * index, axis=1), size)
+        name = f"small{index:02d}.jpg"
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        refs.append(
+            ImageRef(
+                relative_path=name, size_bytes=(tmp_path / name).stat().st_size, fingerprint=name
+            )
+        )
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    refs.insert(5, ImageRef(relative_path="broken.jpg", size_bytes=12, fingerprint="b"))
+
+    results = list(detect_images(detector, str(tmp_path), refs, {}, max_pixels=MAX_PIXELS))
+
+    assert [fetched.image for fetched, _ in results] == refs
+    if detector.concurrent_runs > 1:  # the CPU path: batched runs of the small inputs
+        assert any(shape[0] > 1 for shape in model_inputs)
+        assert all(shape[0] <= detector.batch_size for shape in model_inputs)
+    single_before = len(model_inputs)
+    for fetched, outcome in results:
+        if fetched.image.relative_path == "broken.jpg":
+            assert isinstance(outcome, ImageDecodeError)
+            continue
+        alone = detector.detect(fetched.decoded.frames[0])
+        assert len(outcome) == len(alone.scores)
+        for face, score, box in zip(outcome, alone.scores, alone.xyxy, strict=True):
+            assert face.score == pytest.approx(float(score), abs=1e-6)
+            np.testing.assert_allclose(face.xyxy, box, atol=1e-4)
+    assert sum(len(outcome) for _, outcome in results if isinstance(outcome, tuple)) >= 11
+    assert all(shape[0] == 1 for shape in model_inputs[single_before:])
+
+
+def test_large_files_are_never_grouped() -> None:
+    from anon_tasks.pipeline.stages import SMALL_FILE_BYTES, _small_file_chunks
+
+    sizes = [10, 20, SMALL_FILE_BYTES + 1, 30, 40, 50, 60, 70, SMALL_FILE_BYTES * 10, 5]
+    refs = [
+        ImageRef(relative_path=f"{i}", size_bytes=s, fingerprint="f") for i, s in enumerate(sizes)
+    ]
+    chunks = list(_small_file_chunks(refs, 3))
+    assert [ref for chunk in chunks for ref in chunk] == refs
+    assert [len(chunk) for chunk in chunks] == [2, 1, 3, 2, 1, 1]
+    assert all(
+        len(chunk) == 1 for chunk in chunks if any(r.size_bytes > SMALL_FILE_BYTES for r in chunk)
+    )

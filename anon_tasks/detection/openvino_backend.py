@@ -47,6 +47,12 @@ class OpenVinoSession:
         self._outputs = len(compiled.outputs)
         self.input_name: str = compiled.inputs[0].get_any_name()
         self.output_names = tuple(output.get_any_name() for output in compiled.outputs)
+        # The first run in a process initialises the bindings' NumPy interface (a call-once
+        # that deadlocks when two threads enter it together, as the side-by-side runs do): do
+        # it here, in the one thread that builds the session.
+        warm_up = compiled.create_infer_request()
+        warm_up.infer({0: np.zeros((1, 32, 32, 3), np.uint8)})
+        warm_up.get_output_tensor(0).data.copy()
 
     def run(self, output_names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[Any]:
         """Outputs in model order for the one input in ``feeds`` (names are the model's)."""

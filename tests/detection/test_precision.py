@@ -103,3 +103,43 @@ def test_a_fast_run_hides_the_face(astronaut_rgb) -> None:
     output = np.asarray(Image.open(io.BytesIO(result.content)).convert("RGB"))
     assert len(result.faces) == 1
     assert face_hidden(astronaut_rgb, output, ASTRONAUT_FACE_XYXY)
+
+
+_FIRST_RUNS_TOGETHER = """
+import threading
+import numpy as np
+from anon_tasks.detection.model import load_model_file, prepare_for_inference
+from anon_tasks.detection.openvino_backend import compile_bf16
+
+session = compile_bf16(prepare_for_inference(load_model_file().content), threads=2, streams=2)
+start = threading.Barrier(2)
+
+def run() -> None:
+    start.wait()
+    session.run(session.output_names, {session.input_name: np.zeros((1, 64, 64, 3), np.uint8)})
+
+threads = [threading.Thread(target=run) for _ in range(2)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("both ran")
+"""
+
+
+@needs_fast_path
+@pytest.mark.parametrize("attempt", range(2))
+def test_the_first_fast_runs_of_a_process_may_start_together(attempt: int) -> None:
+    """OpenVINO's bindings set up their NumPy interface on a process's first run, in a call-once
+    that deadlocks when two threads enter it together: the session does it when it is built."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_RUNS_TOGETHER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "both ran" in done.stdout
