@@ -128,17 +128,17 @@ def tiny_dataset(files: list[Path], count: int, into: Path, size_wh: tuple[int, 
     """
     width, height = size_wh
     into.mkdir(parents=True, exist_ok=True)
-    decoded = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in files]
-    for index in range(count):
-        image = decoded[index % len(decoded)]
+    for first, path in enumerate(files[:count]):  # one source decoded at a time
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         rows, cols = image.shape[:2]
-        step = index // len(decoded)
-        top = (rows // 3 + 37 * step) % max(1, rows - height)
-        left = (cols // 3 + 53 * step) % max(1, cols - width)
-        crop = image[top : top + height, left : left + width]
-        if crop.shape[:2] != (height, width):
-            crop = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        target = into / f"part{index // 1000:03d}" / f"crop{index:06d}.jpg"
-        target.parent.mkdir(exist_ok=True)
-        cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        for index in range(first, count, len(files)):
+            step = index // len(files)
+            top = (rows // 3 + 37 * step) % max(1, rows - height)
+            left = (cols // 3 + 53 * step) % max(1, cols - width)
+            crop = image[top : top + height, left : left + width]
+            if crop.shape[:2] != (height, width):
+                crop = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            target = into / f"part{index // 1000:03d}" / f"crop{index:06d}.jpg"
+            target.parent.mkdir(exist_ok=True)
+            cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return into

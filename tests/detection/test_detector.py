@@ -177,6 +177,30 @@ def test_thorough_finds_what_balanced_finds_and_small_faces_too(astronaut_rgb) -
         assert (overlap.clip(0).prod(axis=1) > 0).any()
 
 
+def test_thorough_upscales_only_tiles_with_small_face_candidates(astronaut_rgb) -> None:
+    """The upscaled pass runs only the tiles where the full-resolution pass sees a face under
+    SMALL_FACE_MAX_PX; a photo whose only face is large runs none of them."""
+    from anon_tasks.detection import passes
+
+    detector = quality_detector(Quality.THOROUGH)
+    large = cv2.resize(astronaut_rgb, (1024, 1024))  # one face of about 180 px
+    before = detector.inference_count
+    found = detector.detect_quality(large).above(THRESHOLD)
+    assert detector.inference_count - before == 3  # full, half size, mirrored: no tile
+    assert len(found) == 1
+    # Small faces in one corner of a large canvas: only the tiles over that corner run.
+    small = cv2.resize(astronaut_rgb, (48, 48), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((1024, 1024, 3), np.uint8)
+    canvas[:96, :480] = np.tile(small, (2, 10, 1))
+    before = detector.inference_count
+    crowd = detector.detect_quality(canvas).above(THRESHOLD)
+    tiles_run = detector.inference_count - before - 3
+    side = passes.UPSCALED_TILE_SIDE_PX // 2
+    all_tiles = len(passes._tile_starts(1024, side, passes.UPSCALED_TILE_OVERLAP_PX // 2)) ** 2
+    assert 1 <= tiles_run < all_tiles
+    assert len(crowd) >= 15
+
+
 def test_tiles_find_a_face_cut_by_a_tile_border(detector, astronaut_rgb, monkeypatch) -> None:
     from anon_tasks.detection import passes
 
