@@ -334,7 +334,8 @@ def anonymize_dataset(
 
     Args:
         source: Folder or fsspec URL of the dataset; never modified.
-        dest: Folder or fsspec URL for the anonymised copy and ``_anonymize/manifest.jsonl``.
+        dest: Folder or fsspec URL for the anonymised copy and its manifest
+            (_anonymize/manifest.jsonl).
         detection: Threshold, model and device.
         masking: Method (blur, solid, mosaic, none), mask scale, ellipse, mosaic size.
         output: JPEG quality, metadata policy and pixel limit.

@@ -116,7 +116,7 @@ def anonymize_partitioned(
         detection: Passed to every child.
         masking: Passed to every child.
         output: Passed to every child.
-        run: Passed to every child (with its partition set); ``allow_failures`` applies to the
+        run: Passed to every child (with its partition set); its allow_failures applies to the
             merged result.
         timeout_seconds: How long to wait for one child run (None: no limit).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import Enum, StrEnum
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pydantic import (
@@ -26,6 +27,8 @@ from anon_tasks.core.urls import url_problem
 
 __all__ = [
     "BLOCK_SLUG",
+    "MASKED_PLACEHOLDER",
+    "MASKED_WORDS",
     "AnonymizeMethod",
     "DetectionSettings",
     "MaskSettings",
@@ -34,6 +37,7 @@ __all__ = [
     "Quality",
     "RunSettings",
     "build_settings",
+    "caption_note_for",
     "configuration_error",
 ]
 
@@ -64,6 +68,27 @@ class AnonymizeMethod(StrEnum):
     SOLID = "solid"
     MOSAIC = "mosaic"
     NONE = "none"
+
+
+#: What ``{masked}`` in ``run.caption_note`` becomes for each method.
+MASKED_WORDS = MappingProxyType(
+    {
+        AnonymizeMethod.BLUR: "blurred",
+        AnonymizeMethod.SOLID: "blacked out",
+        AnonymizeMethod.MOSAIC: "pixelated",
+        AnonymizeMethod.NONE: "not hidden",
+    }
+)
+#: The placeholder of ``run.caption_note`` that follows the method.
+MASKED_PLACEHOLDER = "{masked}"
+
+
+def caption_note_for(note: str | None, method: AnonymizeMethod) -> str | None:
+    """``note`` with ``{masked}`` replaced by what ``method`` did to the faces (``blurred``,
+    ``blacked out``, ``pixelated``), so one note serves every method."""
+    if note is None:
+        return None
+    return note.replace(MASKED_PLACEHOLDER, MASKED_WORDS[method])
 
 
 class Quality(StrEnum):
@@ -122,6 +147,7 @@ class DetectionSettings(_Settings):
         "Lower finds more faces (and more false alarms).",
     )
     quality: Quality = Field(
+        title="Quality",
         default=Quality.BALANCED,
         description="balanced: full resolution, as the reference runs the model (huge images "
         "are tiled). fast: inference on at most 1024 px per side (misses small faces). "
@@ -129,6 +155,7 @@ class DetectionSettings(_Settings):
         "many more small faces, several times slower.",
     )
     precision: Precision = Field(
+        title="Precision",
         default=Precision.EXACT,
         description="exact: fp32, detections equal to the reference (deface). fast: bfloat16 "
         "through OpenVINO on CPUs that have it (about 1.5x faster on the model; recall on "
@@ -171,6 +198,7 @@ class MaskSettings(_Settings):
     """How detected faces are hidden."""
 
     method: AnonymizeMethod = Field(
+        title="Method",
         default=AnonymizeMethod.BLUR,
         description="blur (default), solid (black), mosaic (pixelate) or none (detect only).",
     )
@@ -234,19 +262,22 @@ class RunSettings(_Settings):
         default=None,
         max_length=500,
         description="Text added to an image's caption sidecars (.txt/.caption/.json) in dest "
-        "when faces were masked in it, e.g. 'faces are blurred'.",
+        "when faces were masked in it. {masked} becomes what the method did: 'faces are "
+        "{masked}' reads 'faces are blurred', 'blacked out' or 'pixelated'.",
     )
     result_storage: str | None = Field(
         default=None,
         description="Where detections and cache records are stored: a Prefect block slug "
-        "(e.g. 's3-bucket/anon-cache'), a local path or an fsspec URL. Empty: "
-        "<dest>/_anonymize/cache for a local dest, Prefect's default result storage otherwise.",
+        "(e.g. 's3-bucket/anon-cache'), a local path or an fsspec URL. Empty: the "
+        "_anonymize/cache folder in dest when dest is local, Prefect's default result storage "
+        "otherwise.",
     )
     storage_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="fsspec storage options for source, dest and result storage, e.g. "
-        "{'endpoint_url': 'http://minio:9000'} or {'profile': 'datasets'}. No secrets here: "
-        "they would show in the UI; use credentials_block or the AWS credential chain.",
+        "endpoint_url (the address of an S3-compatible server such as MinIO) or profile (an "
+        "AWS profile name). No secrets here: they would show in the UI; use credentials_block "
+        "or the AWS credential chain.",
     )
     credentials_block: str | None = Field(
         default=None,

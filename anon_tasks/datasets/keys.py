@@ -21,7 +21,13 @@ from types import MappingProxyType
 from pydantic import BaseModel, ConfigDict
 
 from anon_tasks.core.records import ImageRef
-from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.core.settings import (
+    DetectionSettings,
+    MaskSettings,
+    OutputSettings,
+    RunSettings,
+    caption_note_for,
+)
 from anon_tasks.core.version import __version__
 from anon_tasks.detection.detector import detection_floor
 from anon_tasks.detection.model import load_model_file
@@ -195,6 +201,11 @@ class RenderSpec(BaseModel):
             output=output or OutputSettings(),
             run=run or RunSettings(),
         )
+
+    @property
+    def caption_note(self) -> str | None:
+        """The note added to the captions of images with faces, ``{masked}`` filled in."""
+        return caption_note_for(self.run.caption_note, self.masking.method)
 
     def key(self, image: ImageRef) -> str:
         """Key of everything that determines ``image``'s output bytes and its sidecars."""

@@ -134,7 +134,7 @@ def mask_faces(
         dest: The output root (to recognise outputs that are already up to date).
         render: The run's render spec: ``detection.threshold`` selects the faces, ``masking``
             (not ``none``: that detects only) hides them, ``output`` encodes, and
-            ``run.caption_note`` goes into the sidecars of images with faces.
+            ``render.caption_note`` goes into the sidecars of images with faces.
         storage: How to reach source and dest (``resolve_storage(run)``).
         previous: The previous manifest's rows for this shard's images, by source path.
         decoded: The run's decoded-image cache (pixels ``detect_faces`` decoded moments ago).
@@ -217,7 +217,7 @@ def mask_faces(
                 settings=render.output,
                 source=image.relative_path,
             )
-            note = render.run.caption_note if faces else None
+            note = render.caption_note if faces else None
             sidecars, refused = _sidecars(source, image, note, storage)
             for entry in refused:  # the task's logger: this runs on a pool thread
                 logger.warning("sidecar not copied: %s", entry)
