@@ -127,12 +127,19 @@ def check_dataset_paths(
         options: fsspec storage options.
 
     Raises:
-        ConfigurationError: A URL breaks the URL rule (a chain, credentials, a query, an
-            unknown protocol); the source is missing, empty, one file or not a folder; dest (or
-            the result storage) is the source, inside it or a folder that contains it; dest is
-            a file or below one, or its bucket does not exist. The message names the field and
-            never repeats a credential.
+        ConfigurationError: source or dest is empty; a URL breaks the URL rule (a chain,
+            credentials, a query, an unknown protocol); the source is missing, empty, one file
+            or not a folder; dest (or the result storage) is the source, inside it or a folder
+            that contains it; dest is a file or below one, or its bucket does not exist. The
+            message names the field and never repeats a credential.
     """
+    for field, value in (("source", source), ("dest", dest)):
+        if not value.strip():  # never the working directory by accident
+            raise ConfigurationError(
+                f"{field} is empty: give a folder or fsspec URL (a deployment's event trigger "
+                f"takes it from the event's payload, which had no {field!r})",
+                field=field,
+            )
     # A block slug is checked by the flow, which can load the block; a path or URL here.
     storage_location = (
         result_storage

@@ -9,7 +9,9 @@ hands each run a device it does not fight another worker for::
     anonymize-workers --pool anon-gpu --limit 2            # two runs at a time per GPU
     anonymize-workers --pool anon-cpu --devices cpu:0,cpu:1  # logical CPU devices
 
-The command stays in the foreground and stops its workers on SIGINT or SIGTERM.
+A host with no visible GPU gets one CPU worker (``cpu:0``) and a log line saying so, so the
+same command works when pasted on any host. The command stays in the foreground and stops its
+workers on SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -76,6 +78,21 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(visible_cuda_device_count())]
 
 
+def devices_to_serve(requested: str) -> list[str]:
+    """The devices named by ``--devices``: every visible GPU for ``auto``, else one CPU worker
+    (a CPU run uses every core), with a log line saying why."""
+    if requested != "auto":
+        return [part.strip() for part in requested.split(",") if part.strip()]
+    gpus = visible_gpus()
+    if gpus:
+        return gpus
+    logger.warning(
+        "no GPU is visible: starting one CPU worker (cpu:0); its runs use every core of this "
+        "host (--devices cpu:0,cpu:1 for two workers sharing them)"
+    )
+    return ["cpu:0"]
+
+
 def ensure_pool(pool: str, pool_type: str) -> None:
     """Create the work pool when it does not exist yet."""
     from prefect.client.orchestration import get_client
@@ -135,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    devices = visible_gpus() if args.devices == "auto" else args.devices.split(",")
+    devices = devices_to_serve(args.devices)
     if not devices:
-        logger.error("no GPU is visible; pass --devices cpu:0,cpu:1 for CPU workers")
+        logger.error("--devices names no device; give GPU indices '0,1' or 'cpu:0'")
         return 2
     if not 1 <= args.limit <= MAX_SLOTS:
         parser.error(f"--limit must be from 1 to {MAX_SLOTS}")

@@ -227,3 +227,23 @@ def test_shards_spread_over_every_device(monkeypatch, tmp_path, astronaut_rgb) -
     )
     assert summary.images_inferred == 4
     assert summary.devices == ("cpu:0", "cpu:1")
+
+
+def test_workers_on_a_host_without_a_gpu_serve_the_cpu(monkeypatch, caplog) -> None:
+    """``anonymize-workers --pool anon-gpu`` pasted on a CPU host starts a CPU worker (and the
+    pool), never exits before the guide's next step needs the pool."""
+    import logging
+
+    from anon_tasks.orchestration import workers
+
+    monkeypatch.setattr(workers, "visible_gpus", lambda: [])
+    with caplog.at_level(logging.WARNING, logger="anon_tasks.orchestration.workers"):
+        assert workers.devices_to_serve("auto") == ["cpu:0"]
+    assert "no GPU is visible" in caplog.text
+    monkeypatch.setattr(workers, "visible_gpus", lambda: ["0", "1"])
+    assert workers.devices_to_serve("auto") == ["0", "1"]
+    assert workers.devices_to_serve("cpu:0, cpu:1") == ["cpu:0", "cpu:1"]
+    assert workers.devices_to_serve(" , ") == []
+    (spec,) = workers.worker_specs(["cpu:0"], pool="anon-gpu", prefix="anon")
+    assert spec.env["ANON_TASKS_DEVICES"] == "cpu:0"
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == ""
