@@ -63,6 +63,7 @@ from anon_tasks.orchestration.masking_task import MaskedShard, mask_faces
 from anon_tasks.orchestration.preflight import check_paths
 from anon_tasks.orchestration.reporting import ProgressReport, finish_state, publish
 from anon_tasks.orchestration.result_storage import result_storage_for
+from anon_tasks.orchestration.run_logs import library_logs_in_run
 from anon_tasks.orchestration.writing_tasks import remove_stale_outputs, write_images
 from anon_tasks.pipeline.decoded_cache import DecodedCache
 from anon_tasks.pipeline.memory import limit_heap_growth
@@ -345,6 +346,18 @@ def anonymize_dataset(
         The run summary. When images failed and ``run.allow_failures`` is off, the run ends
         Failed, naming them, after every other image has been written.
     """
+    with library_logs_in_run():
+        return _anonymize(source, dest, detection, masking, output, run)
+
+
+def _anonymize(
+    source: str,
+    dest: str,
+    detection: DetectionSettings,
+    masking: MaskSettings,
+    output: OutputSettings,
+    run: RunSettings,
+) -> RunSummary | State:
     logger = get_run_logger()
     started = time.perf_counter()
     limit_heap_growth()  # resident memory stays flat over thousands of images

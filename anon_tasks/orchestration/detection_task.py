@@ -176,9 +176,11 @@ def detect_faces(
     reused = len(found)
     missing = [image for image in images if image.relative_path not in found]
     device = None
+    detector_backend = ""
     read = inferred = 0
     if missing:
         with leased_detector(detection, device_hint) as (device, detector):
+            detector_backend = detector.provider
             stream = detect_images(
                 detector, source, missing, storage.options, max_pixels=output.max_pixels
             )
@@ -196,7 +198,7 @@ def detect_faces(
         reused,
         read,
         inferred,
-        f" on {device}" if device else "",
+        f" on {device} ({detector_backend})" if device else "",
     )
     # Records (and whole cached shards) hold the references of the run that made them: bind
     # each to this run's reference, so its caption sidecars are today's, never a cached list.
