@@ -146,6 +146,7 @@ class _Outcome:
     images_inferred: int = 0
     images_read: int = 0
     devices: set[str] = field(default_factory=set)
+    backends: set[str] = field(default_factory=set)
     #: Journals this run wrote, deleted once its manifest is written.
     journals: list[str] = field(default_factory=list)
     #: Detect-only runs (method none) write no rows: their counts are kept here.
@@ -228,6 +229,8 @@ def _process(plan: RunPlan, run: _Run) -> _Outcome:
             outcome.images_read += detections.images_read
             if detections.device:
                 outcome.devices.add(detections.device)
+            if detections.backend:
+                outcome.backends.add(detections.backend)
         progress.advance(shard_run.size)
 
     # Largest shards first: nothing overlaps the last shard's masking and writing, so the
@@ -311,6 +314,7 @@ def _summary(
         shards=len(plan.shards),
         failed_images=tuple(sorted(failed + outcome.images_failed)),
         devices=tuple(sorted(outcome.devices)),
+        backends=tuple(sorted(outcome.backends)),
         partition=(
             f"{settings.partition_index}/{settings.partition_count}" if settings.partition else None
         ),

@@ -22,10 +22,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from anon_tasks.core.errors import AnonTasksError
 from anon_tasks.core.records import ManifestRow, RunSummary
 from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.datasets.keys import RenderSpec
 from anon_tasks.datasets.manifest import read_manifest, summary_url, write_manifest
 from anon_tasks.orchestration.credentials import resolve_storage
 from anon_tasks.orchestration.preflight import check_paths
-from anon_tasks.orchestration.reporting import announce_dataset, finish_state
+from anon_tasks.orchestration.reporting import finish_state, publish
 from anon_tasks.storage.reads import read_bytes
 from anon_tasks.storage.resolved import ResolvedStorage
 
@@ -187,8 +188,11 @@ def anonymize_partitioned(
         failed_images=failed_images,
         manifest=manifest,
         devices=tuple(sorted({device for s in summaries for device in s.devices})),
+        backends=tuple(sorted({backend for s in summaries for backend in s.backends})),
     )
-    announce_dataset(summary)
+    # The merged summary.json, the dataset's artifacts (the keys of an unpartitioned run's:
+    # one history per dataset) and the completion event.
+    publish(summary, RenderSpec.from_settings(detection, masking, output, run), storage)
     logger.info(
         "%d partition(s) merged: %d written, %d unchanged, %d failed; devices %s",
         len(finished),

@@ -184,6 +184,9 @@ def test_partitions_fan_out_to_two_workers(prefect_server, tmp_path, astronaut_r
             {json.loads(x)["source"] for x in p.read_text().splitlines()} for p in parts
         ]
         assert not part_sources[0] & part_sources[1]
+        merged = json.loads((dest / "_anonymize" / "summary.json").read_text())
+        assert merged["images_written"] == len(names)  # the parent's merged summary
+        assert merged["backends"] == ["CPUExecutionProvider"]
         for name in names:
             assert (dest / name).is_file()
 

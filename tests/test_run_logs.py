@@ -65,3 +65,38 @@ def test_library_lines_reach_the_run_logs_once(
     assert any("inferred on cpu (CPUExecutionProvider)" in m for m in messages), messages
     library = logging.getLogger(LIBRARY_LOGGER)
     assert not [h for h in library.handlers if isinstance(h, APILogHandler)]  # detached after
+
+
+def test_reports_are_keyed_per_dataset_and_say_what_ran(tmp_path, astronaut_rgb) -> None:
+    """The Artifacts page keeps one history per dataset (a key from dest), and the report names
+    the device, the backend and the rate."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from anon_tasks.orchestration.reporting import artifact_key
+
+    source = tmp_path / "raw"
+    source.mkdir()
+    Image.fromarray(astronaut_rgb).save(source / "person.png")
+    dest = str(tmp_path / "clean")
+    for _ in range(2):
+        anonymize_dataset(str(source), dest, DetectionSettings(device="cpu"))
+    key = artifact_key("report", dest)
+    assert key == key.lower()
+    assert key != artifact_key("report", dest + "2")
+    with get_client(sync_client=True) as client:
+        reports = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+        summaries = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("summary", dest)])
+            )
+        )
+    assert len(reports) == 2  # both runs, under one key
+    assert len(summaries) == 2
+    first = [r for r in reports if "1 written" in str(r.data)]
+    assert first, [r.data for r in reports]
+    text = str(first[0].data)
+    assert "cpu" in text
+    assert "CPUExecutionProvider" in text
+    assert "images/s" in text

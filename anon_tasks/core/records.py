@@ -75,6 +75,9 @@ class ShardDetections(_Record):
     images_read: int = Field(default=0, description="Source images read by this task run.")
     images_inferred: int = Field(default=0, description="Images the model ran on.")
     device: str | None = Field(default=None, description="The device leased for inference.")
+    backend: str | None = Field(
+        default=None, description="The runtime the model ran on (an ONNX Runtime provider)."
+    )
     record_key: str | None = Field(
         default=None,
         description="The key this shard's record is stored under in the result storage "
@@ -185,4 +188,7 @@ class RunSummary(_Record):
     failed_images: tuple[str, ...] = ()
     manifest: str | None = None
     devices: tuple[str, ...] = Field(default=(), description="Devices the model ran on.")
+    backends: tuple[str, ...] = Field(
+        default=(), description="Runtimes the model ran on (ONNX Runtime providers, OpenVINO)."
+    )
     partition: str | None = Field(default=None, description="'i/n' for one partition of a run.")

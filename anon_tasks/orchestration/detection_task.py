@@ -208,6 +208,7 @@ def detect_faces(
         images_read=read,
         images_inferred=inferred,
         device=device,
+        backend=detector_backend or None,
         record_key=record_key,
         context_key=context_key,
     )

@@ -6,6 +6,7 @@ not be anonymised.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from prefect.artifacts import (
@@ -26,7 +27,14 @@ from anon_tasks.pipeline.progress import report_progress
 from anon_tasks.storage.resolved import ResolvedStorage
 from anon_tasks.storage.writes import write_bytes_atomic
 
-__all__ = ["DATASET_EVENT", "ProgressReport", "announce_dataset", "finish_state", "publish"]
+__all__ = [
+    "DATASET_EVENT",
+    "ProgressReport",
+    "announce_dataset",
+    "artifact_key",
+    "finish_state",
+    "publish",
+]
 
 #: Event emitted when a dataset is done; its resource id is ``anon-tasks.dataset.<dest>``.
 DATASET_EVENT = "anon-tasks.dataset.anonymized"
@@ -76,13 +84,26 @@ def _summary_table(summary: RunSummary) -> list[dict[str, object]]:
     return [{"counter": name, "value": getattr(summary, name)} for name in _SUMMARY_FIELDS]
 
 
+def artifact_key(kind: str, dest: str, partition: tuple[int, int] | None = None) -> str:
+    """The artifact key of one kind of report for a destination (and partition), so that the
+    Artifacts page keeps each dataset's history: lowercase letters, digits and dashes."""
+    digest = hashlib.sha256(dest.encode("utf-8")).hexdigest()[:12]
+    tail = f"-part-{partition[0]}-of-{partition[1]}" if partition else ""
+    return f"anon-{kind}-{digest}{tail}"
+
+
 def _report(summary: RunSummary, render: RenderSpec) -> str:
     detection, masking = render.detection, render.masking
     failed = "\n".join(f"- `{name}`" for name in summary.failed_images[: _NAMED_FAILURES[0]])
+    rate = summary.images_inferred / summary.seconds if summary.seconds else 0.0
+    partition = f" (partition {summary.partition})" if summary.partition else ""
     return (
-        f"# Anonymised `{summary.source}` into `{summary.dest}`\n\n"
+        f"# Anonymised `{summary.source}` into `{summary.dest}`{partition}\n\n"
         f"| parameter | value |\n|---|---|\n"
         f"| method | {masking.method.value} |\n| threshold | {detection.threshold} |\n"
+        f"| quality | {detection.quality.value} |\n| precision | {detection.precision.value} |\n"
+        f"| devices | {', '.join(summary.devices) or 'none (nothing inferred)'} |\n"
+        f"| backend | {', '.join(summary.backends) or 'none (nothing inferred)'} |\n"
         f"| mask_scale | {masking.mask_scale} |\n| ellipse | {masking.ellipse} |\n"
         f"| mosaic_size | {masking.mosaic_size} |\n"
         f"| model | CenterFace `{render.model_sha256[:16]}…` "
@@ -91,7 +112,8 @@ def _report(summary: RunSummary, render: RenderSpec) -> str:
         f"{summary.images_written} written, {summary.images_unchanged} unchanged, "
         f"{summary.images_failed} failed, {summary.images_skipped} skipped, "
         f"{summary.images_removed} removed, {summary.faces_found} faces, "
-        f"{summary.images_inferred} images inferred in {summary.seconds:.1f} s.\n\n"
+        f"{summary.images_inferred} images inferred in {summary.seconds:.1f} s "
+        f"({rate:.1f} images/s).\n\n"
         f"Manifest: `{summary.manifest}`\n\nFailed images:\n{failed or 'none'}\n"
     )
 
@@ -108,8 +130,16 @@ def publish(summary: RunSummary, render: RenderSpec, storage: ResolvedStorage) -
             storage.options,
             protected_root=summary.source,
         )
-    create_table_artifact(table=_summary_table(summary), description="anonymize-dataset summary")
-    create_markdown_artifact(markdown=_report(summary, render), description="Run report")
+    create_table_artifact(
+        table=_summary_table(summary),
+        key=artifact_key("summary", summary.dest, partition),
+        description="anonymize-dataset summary",
+    )
+    create_markdown_artifact(
+        markdown=_report(summary, render),
+        key=artifact_key("report", summary.dest, partition),
+        description="Run report",
+    )
     if partition is None and not detect_only:  # a partitioned run's parent announces it
         announce_dataset(summary)
 
