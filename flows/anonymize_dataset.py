@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
-from prefect.states import State
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque, quote
 
@@ -351,7 +351,13 @@ def anonymize_dataset(
         Failed, naming them, after every other image has been written.
     """
     with library_logs_in_run():
-        return _anonymize(source, dest, detection, masking, output, run)
+        try:
+            return _anonymize(source, dest, detection, masking, output, run)
+        except ConfigurationError as exc:
+            # One line and the state's message, not tracebacks: a setting to fix. Callers
+            # still get the error itself (the state carries it).
+            get_run_logger().error("%s", exc)
+            return Failed(message=str(exc), data=exc)
 
 
 def _anonymize(

@@ -100,3 +100,20 @@ def test_reports_are_keyed_per_dataset_and_say_what_ran(tmp_path, astronaut_rgb)
     assert "cpu" in text
     assert "CPUExecutionProvider" in text
     assert "images/s" in text
+
+
+def test_a_configuration_mistake_is_one_line_and_the_state_message(tmp_path) -> None:
+    from anon_tasks.core.errors import ConfigurationError
+
+    missing = tmp_path / "no-such-folder"
+    state = anonymize_dataset(
+        str(missing), str(tmp_path / "clean"), DetectionSettings(device="cpu"), return_state=True
+    )
+    assert state.is_failed()
+    assert "source=" in state.message
+    assert "does not exist" in state.message
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        state.result()
+    messages = _run_logs(state.state_details.flow_run_id)
+    assert [m for m in messages if "does not exist" in m and "Finished" not in m]
+    assert not [m for m in messages if "Traceback" in m], messages
