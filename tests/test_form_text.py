@@ -100,3 +100,24 @@ def test_the_deployments_note_is_the_placeholder() -> None:
     text = (Path(__file__).parent.parent / "deployments" / "prefect.yaml").read_text()
     assert "caption_note: faces are {masked}" in text
     assert "faces are blurred" not in text
+
+
+@pytest.mark.parametrize("flow_name", sorted(SCHEMAS))
+def test_partition_fields_are_accepted_but_not_on_the_form(flow_name: str) -> None:
+    """The fan-out sets them on its children (whose deployment enforces its schema); a person
+    filling the run form never sees them, and a misspelt field is still refused."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    from anon_tasks.core.settings import INTERNAL_RUN_FIELDS
+
+    schema = SCHEMAS[flow_name]
+    run = schema["definitions"]["RunSettings"]
+    assert not set(INTERNAL_RUN_FIELDS) & set(run["properties"])
+    base = {"source": "raw", "dest": "clean"}
+    if flow_name == "anonymize-partitioned":
+        base["partitions"] = 2
+    accepted = {**base, "run": {"partition_index": 1, "partition_count": 2, "shard_size": 8}}
+    assert validate(accepted, schema, raise_on_error=False) == []
+    for wrong in ({"partition_index": -1}, {"partition_count": "two"}, {"partition_indx": 1}):
+        assert validate({**base, "run": wrong}, schema, raise_on_error=False), wrong
+    assert RunSettings(partition_index=1, partition_count=2).partition == (1, 2)

@@ -241,8 +241,26 @@ class OutputSettings(_Settings):
     )
 
 
+#: Fields set by ``anonymize_partitioned`` for its child runs, not by a person filling a form.
+INTERNAL_RUN_FIELDS = ("partition_index", "partition_count")
+
+
+def _internal_fields_off_the_form(schema: dict[str, Any]) -> None:
+    """Move the internal fields from ``properties`` (the fields a UI form shows) to
+    ``patternProperties``: the schema still accepts them (a deployment's parameter schema is
+    enforced, and the fan-out sets them), but the run form no longer offers them."""
+    properties = schema.get("properties", {})
+    hidden = {name: properties.pop(name) for name in INTERNAL_RUN_FIELDS if name in properties}
+    if hidden:
+        schema["patternProperties"] = {f"^{name}$": value for name, value in hidden.items()}
+
+
 class RunSettings(_Settings):
     """How a dataset run is organised: shards, failures, captions and caching."""
+
+    model_config = ConfigDict(
+        **_Settings.model_config, json_schema_extra=_internal_fields_off_the_form
+    )
 
     shard_size: int | None = Field(
         default=None,
