@@ -159,11 +159,12 @@ def test_partitions_fan_out_to_two_workers(prefect_server, tmp_path, astronaut_r
     for name in ("anonymize-dataset/cpu", "anonymize-dataset/gpu", "anonymize-partitioned/fan-out"):
         assert name in listed
 
+    workers_log = (tmp_path / "workers.log").open("wb")
     workers = subprocess.Popen(
         [str(BIN / "anonymize-workers"), "--pool", "anon-gpu", "--devices", "cpu:0,cpu:1"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=workers_log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -198,3 +199,7 @@ def test_partitions_fan_out_to_two_workers(prefect_server, tmp_path, astronaut_r
         assert again["images_unchanged"] == len(names) - 1
     finally:
         stop_group(workers)  # workers first, then the server (fixture teardown)
+        workers_log.close()
+    started = (tmp_path / "workers.log").read_text(errors="replace")
+    assert "starting worker" in started
+    assert "422 Unprocessable" not in started  # no noise from other libraries' INFO lines

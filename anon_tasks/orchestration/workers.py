@@ -150,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", default="anon", help="worker name prefix")
     parser.add_argument("--no-create-pool", action="store_true", help="do not create the pool")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # This command's own lines at INFO; other libraries' (httpx logs every request, among them
+    # the client's CSRF probe that a server without CSRF answers 422) at WARNING only.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("anon_tasks").setLevel(logging.INFO)
 
     devices = devices_to_serve(args.devices)
     if not devices:
