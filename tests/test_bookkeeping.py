@@ -9,7 +9,7 @@ import numpy as np
 
 from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
 from anon_tasks.core.settings import DetectionSettings, OutputSettings
-from anon_tasks.datasets.keys import detection_key
+from anon_tasks.datasets.keys import shard_detection_key
 from anon_tasks.datasets.listing import file_fingerprints, list_source
 from anon_tasks.datasets.manifest import read_manifest, write_manifest
 from anon_tasks.datasets.planning import up_to_date_rows
@@ -68,7 +68,7 @@ def test_fingerprint_changes_when_a_file_changes_in_place(tmp_path) -> None:
         "detection": DetectionSettings(),
         "output": OutputSettings(),
     }
-    assert detection_key(first, **common) != detection_key(second, **common)
+    assert shard_detection_key([first], **common) != shard_detection_key([second], **common)
 
 
 def row(source: str, **values) -> ManifestRow:

@@ -23,7 +23,7 @@ from anon_tasks.datasets.keys import (
     DETECTION_NEUTRAL_FIELDS,
     OUTPUT_NEUTRAL_FIELDS,
     RenderSpec,
-    detection_key,
+    detection_context_key,
 )
 from anon_tasks.detection.detector import SCORE_FLOOR
 
@@ -109,8 +109,7 @@ def _keys(changed: BaseModel | None = None) -> tuple[str, str]:
         output=parts[OutputSettings],
         run=parts[RunSettings],
     ).key(IMAGE)
-    detect = detection_key(
-        IMAGE,
+    detect = detection_context_key(
         source="s3://b/raw",
         model_sha256=SHA,
         detection=detection,

@@ -1,8 +1,9 @@
 """Cache keys from content and from the settings models themselves, never from paths alone.
 
-Two values carry them: ``detection_key``/``shard_detection_key`` for stored detections, and the
-``RenderSpec``, the one description of what an image's output depends on, used alike by the
-planner (is the output in dest up to date?) and by the mask and write tasks.
+Two values carry them: ``shard_detection_key`` (Prefect's cache of a shard) and
+``detection_context_key`` (which earlier shard records another shard may reuse) for stored
+detections, and the ``RenderSpec``, the one description of what an image's output depends on,
+used alike by the planner (is the output in dest up to date?) and by the mask and write tasks.
 
 A key digests everything that determines a result: the image's content fingerprint, the model's
 SHA-256, every settings field that can change the result, and the package version. Keys are
@@ -38,7 +39,6 @@ __all__ = [
     "OUTPUT_NEUTRAL_FIELDS",
     "RenderSpec",
     "detection_context_key",
-    "detection_key",
     "shard_detection_key",
 ]
 
@@ -109,19 +109,6 @@ def _detection_context(
         "settings": _fields((detection, output), DETECTION_NEUTRAL_FIELDS),
         "version": __version__,
     }
-
-
-def detection_key(
-    image: ImageRef,
-    *,
-    source: str,
-    model_sha256: str,
-    detection: DetectionSettings,
-    output: OutputSettings,
-) -> str:
-    """Key of one image's stored detections."""
-    context = _detection_context(source, model_sha256, detection, output)
-    return _digest("detect", {**context, "image": [image.relative_path, image.fingerprint]})
 
 
 def detection_context_key(

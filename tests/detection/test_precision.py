@@ -10,7 +10,7 @@ import pytest
 
 from anon_tasks.core.records import ImageRef
 from anon_tasks.core.settings import DetectionSettings, OutputSettings, Precision, Quality
-from anon_tasks.datasets.keys import detection_key
+from anon_tasks.datasets.keys import detection_context_key, shard_detection_key
 from anon_tasks.detection import runtime
 from anon_tasks.detection.detector import CenterFaceDetector
 from anon_tasks.detection.openvino_backend import openvino_unavailable_reason
@@ -71,19 +71,20 @@ def test_fast_without_a_fast_path_runs_exact_and_says_so_once(
     )
 
 
-def test_precision_is_part_of_the_detection_key() -> None:
+def test_precision_is_part_of_the_detection_keys() -> None:
+    """Both keys stored detections are found by: the shard's, and the context under which an
+    earlier shard's candidates may be reused."""
     image = ImageRef(relative_path="a.jpg", size_bytes=1, fingerprint="f")
-    keys = {
-        detection_key(
-            image,
-            source="raw",
-            model_sha256="m",
-            detection=DetectionSettings(precision=precision),
-            output=OutputSettings(),
-        )
-        for precision in Precision
+    common = {"source": "raw", "model_sha256": "m", "output": OutputSettings()}
+    shard_keys = {
+        shard_detection_key([image], detection=DetectionSettings(precision=p), **common)
+        for p in Precision
     }
-    assert len(keys) == len(Precision)
+    context_keys = {
+        detection_context_key(detection=DetectionSettings(precision=p), **common) for p in Precision
+    }
+    assert len(shard_keys) == len(Precision)
+    assert len(context_keys) == len(Precision)
 
 
 @needs_fast_path
