@@ -249,3 +249,30 @@ def test_a_result_storage_that_names_no_block_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "result_storage" in err
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    blank=st.text(" \t\n\r", max_size=4),
+    field=st.sampled_from(["source", "dest", "result_storage"]),
+)
+def test_an_empty_path_is_refused_never_read_as_the_working_directory(
+    tmp_path, blank: str, field: str
+) -> None:
+    """Every path a run is given goes through one rule: an empty one names the field, whether
+    it came from a form, an event's payload or a script; a local "" would be the working
+    directory."""
+    (tmp_path / "raw").mkdir(exist_ok=True)
+    paths = {"source": str(tmp_path / "raw"), "dest": str(tmp_path / "clean")}
+    storage = None
+    if field == "result_storage":
+        storage = blank
+    else:
+        paths[field] = blank
+    with pytest.raises(ConfigurationError, match=f"^{field} is empty") as caught:
+        check_dataset_paths(paths["source"], paths["dest"], result_storage=storage)
+    assert caught.value.field == field
+    with pytest.raises(ConfigurationError, match=r"^dest is empty"):
+        check_file_paths(str(tmp_path / "raw" / "a.jpg"), blank)

@@ -36,7 +36,14 @@ def _overlap(source: str, other: str, options: StorageOptions | None) -> str | N
 
 
 def _refuse_bad_url(field: str, url: str) -> None:
-    """Raise naming ``field`` when ``url`` breaks the URL rule (``storage.url_problem``)."""
+    """Raise naming ``field`` when ``url`` is empty (a local path "" is the working directory)
+    or breaks the URL rule (``storage.url_problem``)."""
+    if not url.strip():
+        raise ConfigurationError(
+            f"{field} is empty: give a folder or fsspec URL (a deployment's event trigger "
+            f"leaves it empty when the event's payload has no {field!r})",
+            field=field,
+        )
     problem = url_problem(url)
     if problem is not None:
         raise ConfigurationError(f"{field}={redact_url(url)!r}: {problem}", field=field)
@@ -133,13 +140,6 @@ def check_dataset_paths(
             that contains it; dest is a file or below one, or its bucket does not exist. The
             message names the field and never repeats a credential.
     """
-    for field, value in (("source", source), ("dest", dest)):
-        if not value.strip():  # never the working directory by accident
-            raise ConfigurationError(
-                f"{field} is empty: give a folder or fsspec URL (a deployment's event trigger "
-                f"takes it from the event's payload, which had no {field!r})",
-                field=field,
-            )
     # A block slug is checked by the flow, which can load the block; a path or URL here.
     storage_location = (
         result_storage
@@ -180,9 +180,9 @@ def check_file_paths(source: str, dest: str) -> None:
     """Refuse a single-file run that would overwrite its source or cannot be written.
 
     Raises:
-        ConfigurationError: dest is the source (the same path, or the same file through a link
-            or a hard link), is an existing folder, is below a file, or has an extension that
-            names no image format this tool writes.
+        ConfigurationError: dest is empty, or is the source (the same path, or the same file
+            through a link or a hard link), is an existing folder, is below a file, or has an
+            extension that names no image format this tool writes.
     """
     _refuse_bad_url("dest", dest)
     source_path, dest_path = local_path(source), local_path(dest)
