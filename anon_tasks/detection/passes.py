@@ -183,7 +183,7 @@ def _detect_tiles(
     ``TILE_OVERLAP_PX``, read when called).
     """
     height, width = rgb.shape[:2]
-    tile = max(SIDE_MULTIPLE, int((side_px or TILE_SIDE_PX) / scale))
+    tile = max(SIDE_MULTIPLE, int((TILE_SIDE_PX if side_px is None else side_px) / scale))
     overlap = int((TILE_OVERLAP_PX if overlap_px is None else overlap_px) / scale)
     centres = None
     if near is not None:

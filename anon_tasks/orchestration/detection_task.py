@@ -156,15 +156,14 @@ def detect_faces(
         storage: How to reach the source (``resolve_storage(run)``).
         decoded: The run's decoded-image cache: decoded pixels wait there for ``mask_faces``.
         earlier: For images earlier runs searched, the key of the shard record that holds
-            their candidates (manifest rows' ``detections_key``); reused where the image's
-            detection key is unchanged.
+            their candidates (manifest rows' ``detections_key``); reused where the image's path and
+            fingerprint and the detection context (``detection_context_key``) are unchanged.
 
     Returns:
         Detections per image, and how many images were read and inferred in this run.
     """
     logger = get_run_logger()
     context = TaskRunContext.get()
-    store = context.result_store if context is not None else None
     model_sha = load_model_file(detection.model_path).sha256
     record_key = shard_detection_key(
         images, source=source, model_sha256=model_sha, detection=detection, output=output
@@ -172,7 +171,7 @@ def detect_faces(
     context_key = detection_context_key(
         source=source, model_sha256=model_sha, detection=detection, output=output
     )
-    found = _earlier_detections(context, images, earlier or {}, context_key) if store else {}
+    found = _earlier_detections(context, images, earlier or {}, context_key)
     reused = len(found)
     missing = [image for image in images if image.relative_path not in found]
     device = None
