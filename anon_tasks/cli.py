@@ -43,6 +43,7 @@ SUMMARY_FIELDS = (
     "faces_found",
     "seconds",
     "manifest",
+    "review",
 )
 
 
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-failures", action="store_true", help="exit 0 even when some images failed"
     )
+    parser.add_argument(
+        "--review-images",
+        type=int,
+        default=600,
+        help="most images on the review page, DEST/_anonymize/review/index.html (0: none)",
+    )
     parser.add_argument("--result-storage", help="block slug, path or URL for cached detections")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,6 +130,7 @@ def settings_from_args(
             RunSettings,
             shard_size=args.shard_size,
             allow_failures=args.allow_failures,
+            review_images=args.review_images,
             caption_note=args.caption_note,
             result_storage=args.result_storage,
         ),

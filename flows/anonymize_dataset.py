@@ -63,6 +63,7 @@ from anon_tasks.orchestration.masking_task import MaskedShard, mask_faces
 from anon_tasks.orchestration.preflight import check_paths
 from anon_tasks.orchestration.reporting import ProgressReport, finish_state, publish
 from anon_tasks.orchestration.result_storage import result_storage_for
+from anon_tasks.orchestration.review_task import write_review_page
 from anon_tasks.orchestration.run_logs import library_logs_in_run
 from anon_tasks.orchestration.writing_tasks import remove_stale_outputs, write_images
 from anon_tasks.pipeline.decoded_cache import DecodedCache
@@ -421,6 +422,12 @@ def _anonymize(
         rows.extend(skipped_row(entry, render) for entry in plan.skipped)
         manifest = write_manifest(dest, rows, run.partition, storage.options, protected_root=source)
         remove_journals([*outcome.journals, *plan.journals], storage.options)
+    # A partition's rows are reviewed with the others' by the parent that merges them.
+    review = (
+        None
+        if detect_only or run.partition
+        else write_review_page(quote(rows), source, dest, render, storage)
+    )
     summary = _summary(
         state,
         plan,
@@ -428,6 +435,7 @@ def _anonymize(
         outcome,
         seconds=round(time.perf_counter() - started, 3),
         manifest=manifest,
+        review=review,
     )
     publish(summary, render, storage)
     logger.info(

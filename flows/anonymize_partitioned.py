@@ -18,15 +18,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from anon_tasks.core.errors import AnonTasksError
 from anon_tasks.core.records import ManifestRow, RunSummary
-from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
+from anon_tasks.core.settings import (
+    AnonymizeMethod,
+    DetectionSettings,
+    MaskSettings,
+    OutputSettings,
+    RunSettings,
+)
 from anon_tasks.datasets.keys import RenderSpec
 from anon_tasks.datasets.manifest import read_manifest, summary_url, write_manifest
 from anon_tasks.orchestration.credentials import resolve_storage
 from anon_tasks.orchestration.preflight import check_paths
 from anon_tasks.orchestration.reporting import finish_state, publish
+from anon_tasks.orchestration.review_task import write_review_page
 from anon_tasks.storage.reads import read_bytes
 from anon_tasks.storage.resolved import ResolvedStorage
 
@@ -170,6 +178,9 @@ def anonymize_partitioned(
 
     rows, summaries = _merge(dest, partitions, finished, storage)
     manifest = write_manifest(dest, rows, None, storage.options, protected_root=source)
+    render = RenderSpec.from_settings(detection, masking, output, run)
+    detect_only = render.masking.method is AnonymizeMethod.NONE
+    review = None if detect_only else write_review_page(quote(rows), source, dest, render, storage)
     failed_images = tuple(sorted(image for s in summaries for image in s.failed_images))
     summary = RunSummary(
         source=source,
@@ -189,10 +200,11 @@ def anonymize_partitioned(
         manifest=manifest,
         devices=tuple(sorted({device for s in summaries for device in s.devices})),
         backends=tuple(sorted({backend for s in summaries for backend in s.backends})),
+        review=review,
     )
     # The merged summary.json, the dataset's artifacts (the keys of an unpartitioned run's:
     # one history per dataset) and the completion event.
-    publish(summary, RenderSpec.from_settings(detection, masking, output, run), storage)
+    publish(summary, render, storage)
     logger.info(
         "%d partition(s) merged: %d written, %d unchanged, %d failed; devices %s",
         len(finished),

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Face", "faces_above"]
+__all__ = ["Face", "faces_above", "near_misses"]
 
 #: Order of the five CenterFace landmarks in ``Face.landmarks_xy``.
 LANDMARK_NAMES: tuple[str, ...] = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
@@ -41,3 +41,10 @@ class Face(BaseModel):
 def faces_above(faces: Iterable[Face], threshold: float) -> tuple[Face, ...]:
     """Keep the faces whose score is above ``threshold`` (the reference keeps ``score > t``)."""
     return tuple(face for face in faces if face.score > threshold)
+
+
+def near_misses(candidates: Iterable[Face], threshold: float) -> tuple[Face, ...]:
+    """The candidates ``faces_above`` leaves out: scored at or below ``threshold`` (and above
+    the floor they were kept down to), highest score first."""
+    missed = (face for face in candidates if face.score <= threshold)
+    return tuple(sorted(missed, key=lambda face: face.score, reverse=True))

@@ -137,6 +137,12 @@ class ManifestRow(_Record):
         description="Faces scoring strictly above the threshold (as the reference keeps them), "
         "before mask_scale.",
     )
+    near_misses: tuple[ManifestFace, ...] = Field(
+        default=(),
+        description="Candidates scored above the stored score floor but not above the "
+        "threshold: left unmasked, so the faces most likely to be leaks. A rerun with a lower "
+        "threshold masks them without running the model.",
+    )
     error: str | None = None
     source_fingerprint: str
     source_sha256: str | None = Field(
@@ -192,3 +198,6 @@ class RunSummary(_Record):
         default=(), description="Runtimes the model ran on (ONNX Runtime providers, OpenVINO)."
     )
     partition: str | None = Field(default=None, description="'i/n' for one partition of a run.")
+    review: str | None = Field(
+        default=None, description="URL of the run's review page, when it wrote one."
+    )

@@ -283,6 +283,13 @@ class RunSettings(_Settings):
         "when faces were masked in it. {masked} becomes what the method did: 'faces are "
         "{masked}' reads 'faces are blurred', 'blacked out' or 'pixelated'.",
     )
+    review_images: int = Field(
+        default=600,
+        ge=0,
+        le=100_000,
+        description="Most images the review page (_anonymize/review/index.html in dest) shows, "
+        "those with near misses first, 60 to a page. 0: no review page.",
+    )
     result_storage: str | None = Field(
         default=None,
         description="Where detections and cache records are stored: a Prefect block slug "

@@ -54,6 +54,7 @@ _RUN_ORGANISATION = frozenset(
         "credentials_block",
         "partition_index",
         "partition_count",
+        "review_images",
     }
 )
 

@@ -49,6 +49,7 @@ def written_row(
     render: RenderSpec,
     *,
     faces: Iterable[Face],
+    near_misses: Iterable[Face] = (),
     content_sha256: str | None,
     render_key: str,
     output_fingerprint: str | None,
@@ -63,6 +64,7 @@ def written_row(
         output=image.relative_path,
         status=ImageStatus.WRITTEN,
         faces=manifest_faces(faces),
+        near_misses=manifest_faces(near_misses),
         output_fingerprint=output_fingerprint,
         sidecars={relative: fingerprint or "" for relative, fingerprint in sidecars.items()},
         refused_sidecars=refused_sidecars,
@@ -110,6 +112,7 @@ def removed_row(last: ManifestRow, deleted: Iterable[str]) -> ManifestRow:
             "output_fingerprint": None,
             "sidecars": {},
             "faces": (),
+            "near_misses": (),
             "error": "its source is gone: " + ", ".join(deleted) + " deleted from dest",
         }
     )

@@ -46,6 +46,7 @@ __all__ = [
     "face_roll_rad",
     "mask_faces",
     "mask_image",
+    "masked_areas",
     "masked_pixels",
     "scaled_box",
 ]
@@ -230,13 +231,27 @@ def masked_pixels(
         >>> masked_pixels(512, 512, faces, MaskSettings()).mean()  # share of the image hidden
     """
     covered = np.zeros((height, width), dtype=bool)
-    if masking.method is AnonymizeMethod.NONE:
-        return covered
-    for region in _face_regions(faces, masking, width, height):
-        x1, y1, x2, y2 = region.bounds
-        inside = _shape_mask(region, masking)
+    for (x1, y1, x2, y2), inside in masked_areas(height, width, faces, masking):
         covered[y1:y2, x1:x2] |= True if inside is None else inside
     return covered
+
+
+def masked_areas(
+    height: int, width: int, faces: Sequence[Face], masking: MaskSettings
+) -> list[tuple[tuple[int, int, int, int], np.ndarray | None]]:
+    """Where ``mask_faces`` replaces pixels, face by face, without an image-sized array.
+
+    Returns:
+        One ``(bounds, inside)`` per masked face: ``bounds`` as exclusive ``(x1, y1, x2, y2)``
+        pixels, ``inside`` the boolean pixels of the bounds the mask replaces, or ``None``
+        when it replaces them all (box methods). Empty for ``NONE``.
+    """
+    if masking.method is AnonymizeMethod.NONE:
+        return []
+    return [
+        (region.bounds, _shape_mask(region, masking))
+        for region in _face_regions(faces, masking, width, height)
+    ]
 
 
 def face_roll_rad(face: Face) -> float:

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from anon_tasks.core.concurrency import ordered_map, pipeline_threads
 from anon_tasks.core.errors import ConfigurationError, ImageError, SidecarRefusedError
-from anon_tasks.core.faces import Face, faces_above
+from anon_tasks.core.faces import Face, faces_above, near_misses
 from anon_tasks.core.records import (
     ImageDetections,
     ImageRef,
@@ -54,6 +54,7 @@ class MaskedImage:
     image: ImageRef
     status: ImageStatus
     faces: tuple[Face, ...] = ()
+    near_misses: tuple[Face, ...] = ()
     content: bytes | None = None
     sidecars: tuple[tuple[str, bytes], ...] = ()
     refused_sidecars: tuple[str, ...] = ()
@@ -175,6 +176,7 @@ def mask_faces(
                 image=image,
                 status=ImageStatus.UNCHANGED,
                 faces=faces_above(found.faces, threshold),
+                near_misses=near_misses(found.faces, threshold),
                 render_key=key,
                 previous=prior,
                 content_sha256=found.content_sha256,
@@ -236,6 +238,7 @@ def mask_faces(
             image=image,
             status=ImageStatus.WRITTEN,
             faces=faces,
+            near_misses=near_misses(candidates, threshold),
             content=encoded,
             sidecars=sidecars,
             refused_sidecars=refused,

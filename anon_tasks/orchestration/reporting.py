@@ -20,6 +20,7 @@ from prefect.states import Completed, Failed, State
 
 from anon_tasks.core.records import RunSummary
 from anon_tasks.core.settings import AnonymizeMethod
+from anon_tasks.core.urls import is_local, local_path
 from anon_tasks.core.version import __version__
 from anon_tasks.datasets.keys import RenderSpec
 from anon_tasks.datasets.manifest import summary_url
@@ -92,6 +93,16 @@ def artifact_key(kind: str, dest: str, partition: tuple[int, int] | None = None)
     return f"anon-{kind}-{digest}{tail}"
 
 
+def _review_line(review: str | None) -> str:
+    """The review page, linked where a browser can open it (a local file or an http URL)."""
+    if review is None:
+        return ""
+    href = local_path(review).resolve().as_uri() if is_local(review) else review
+    if href.startswith(("file://", "http://", "https://")):
+        return f"Review page (masks and near misses): [{review}]({href})\n\n"
+    return f"Review page (masks and near misses): `{review}`\n\n"
+
+
 def _report(summary: RunSummary, render: RenderSpec) -> str:
     detection, masking = render.detection, render.masking
     failed = "\n".join(f"- `{name}`" for name in summary.failed_images[: _NAMED_FAILURES[0]])
@@ -114,7 +125,8 @@ def _report(summary: RunSummary, render: RenderSpec) -> str:
         f"{summary.images_removed} removed, {summary.faces_found} faces, "
         f"{summary.images_inferred} images inferred in {summary.seconds:.1f} s "
         f"({rate:.1f} images/s).\n\n"
-        f"Manifest: `{summary.manifest}`\n\nFailed images:\n{failed or 'none'}\n"
+        f"Manifest: `{summary.manifest}`\n\n{_review_line(summary.review)}"
+        f"Failed images:\n{failed or 'none'}\n"
     )
 
 

@@ -145,6 +145,7 @@ def write_images(
                 image,
                 render,
                 faces=item.faces,
+                near_misses=item.near_misses,
                 content_sha256=item.content_sha256,
                 render_key=item.render_key or render.key(image),
                 output_fingerprint=output_fingerprint,

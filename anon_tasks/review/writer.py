@@ -1,0 +1,183 @@
+"""Write a run's review page: ``<dest>/_anonymize/review/index.html``, its pages and sheets.
+
+The page is made from the manifest rows and the outputs in dest alone. ``review.json`` beside
+it records a digest of everything the pages show; a rerun that would draw the same pages
+(nothing changed) reads that file and draws nothing. Pages and sheets of an earlier, longer
+review are deleted (only while they are as it wrote them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from anon_tasks.core.concurrency import ordered_map, pipeline_threads
+from anon_tasks.core.errors import ImageError
+from anon_tasks.core.records import ImageStatus, ManifestRow
+from anon_tasks.core.settings import MaskSettings
+from anon_tasks.core.version import __version__
+from anon_tasks.datasets.manifest import MANIFEST_DIR
+from anon_tasks.datasets.outputs import remove_files
+from anon_tasks.review.page import PageContext, page_html, page_name, sheet_name
+from anon_tasks.review.selection import pages_of, score_bands, shown_rows
+from anon_tasks.review.thumbnails import contact_sheet, thumbnail
+from anon_tasks.storage.fingerprints import file_fingerprint
+from anon_tasks.storage.locations import StorageOptions, join_url
+from anon_tasks.storage.reads import read_bytes
+from anon_tasks.storage.writes import write_bytes_atomic
+
+__all__ = ["PAGE_COLUMNS", "PAGE_SIZE", "REVIEW_DIR", "ReviewRequest", "review_url", "write_review"]
+
+logger = logging.getLogger(__name__)
+
+REVIEW_DIR = f"{MANIFEST_DIR}/review"
+#: Thumbnails on one page (and one contact sheet), and per row of its sheet.
+PAGE_SIZE = 60
+PAGE_COLUMNS = 6
+_RECORD = "review.json"
+#: The names a review writes besides its record: only these are ever deleted as stale.
+_PAGE_FILE = re.compile(r"index\.html|page-\d{4}\.html|sheet-\d{4}\.png")
+#: Changes whenever the pages would be drawn differently from the same rows.
+_LAYOUT_VERSION = 1
+
+
+def review_url(dest: str) -> str:
+    """Where the review page of ``dest`` is."""
+    return join_url(dest, f"{REVIEW_DIR}/index.html")
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """What a review is drawn from besides the rows."""
+
+    source: str
+    dest: str
+    masking: MaskSettings
+    threshold: float
+    score_floor: float
+    limit: int
+    max_pixels: int
+    options: StorageOptions | None = None
+
+
+def _digest(shown: Sequence[ManifestRow], context: PageContext, request: ReviewRequest) -> str:
+    payload = {
+        "layout": _LAYOUT_VERSION,
+        "version": __version__,
+        "masking": request.masking.model_dump(mode="json"),
+        "context": repr(context),
+        "rows": [
+            [
+                row.output,
+                row.output_fingerprint,
+                row.model_dump(mode="json", include={"faces", "near_misses"}),
+            ]
+            for row in shown
+        ],
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _previous_record(request: ReviewRequest) -> dict[str, object]:
+    try:
+        content = read_bytes(join_url(request.dest, f"{REVIEW_DIR}/{_RECORD}"), request.options)
+        record = json.loads(content)
+    except (FileNotFoundError, ImageError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _tile(row: ManifestRow, request: ReviewRequest) -> np.ndarray:
+    """The thumbnail of one row's output, read from dest (a grey tile when it is unreadable)."""
+    output = row.output or ""
+    try:
+        content = read_bytes(join_url(request.dest, output), request.options)
+    except (FileNotFoundError, ImageError) as exc:
+        logger.warning("no review thumbnail of %s: %s", output, exc)
+        content = b""
+    return thumbnail(content, row, request.masking, max_pixels=request.max_pixels)
+
+
+def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | None:
+    """Write the review of a run whose manifest holds ``rows``; its URL, or None when
+    ``request.limit`` is 0.
+
+    Raises:
+        UnsafePathError: dest's review folder lies inside the source.
+    """
+    if request.limit <= 0:
+        return None
+    shown, with_output = shown_rows(rows, request.limit)
+    pages = pages_of(shown, PAGE_SIZE)
+    context = PageContext(
+        source=request.source,
+        dest=request.dest,
+        method=request.masking.method.value,
+        threshold=request.threshold,
+        score_floor=request.score_floor,
+        bands=tuple(score_bands(rows, request.score_floor, request.threshold)),
+        images_with_output=with_output,
+        images_shown=len(shown),
+        images_failed=sum(row.status is ImageStatus.FAILED for row in rows),
+        page_count=len(pages),
+        page_size=PAGE_SIZE,
+        columns=PAGE_COLUMNS,
+    )
+    url = review_url(request.dest)
+    digest = _digest(shown, context, request)
+    previous = _previous_record(request)
+    if previous.get("digest") == digest and file_fingerprint(url, request.options) is not None:
+        logger.info("review page unchanged: %s", url)
+        return url
+    files: dict[str, str | None] = {}
+    threads = pipeline_threads()
+
+    def write(name: str, content: bytes) -> None:
+        target = join_url(request.dest, f"{REVIEW_DIR}/{name}")
+        write_bytes_atomic(target, content, request.options, protected_root=request.source)
+        files[name] = file_fingerprint(target, request.options)
+
+    for number, page in enumerate(pages, start=1):
+        tiles = list(
+            ordered_map(lambda row: _tile(row, request), page, threads=threads, ahead=2 * threads)
+        )
+        write(sheet_name(number), contact_sheet(tiles, PAGE_COLUMNS))
+        write(page_name(number), page_html(number, page, context).encode("utf-8"))
+    _remove_stale(previous, files, request)
+    record = {
+        "digest": digest,
+        "pages": len(pages),
+        "images_shown": len(shown),
+        "images_with_output": with_output,
+        "bands": [band.__dict__ for band in context.bands],
+        "files": files,
+    }
+    write(_RECORD, json.dumps(record, indent=2).encode("utf-8"))
+    logger.info("review page: %s (%d image(s) on %d page(s))", url, len(shown), len(pages))
+    return url
+
+
+def _remove_stale(
+    previous: dict[str, object], kept: dict[str, str | None], request: ReviewRequest
+) -> None:
+    """Delete the pages and sheets the previous review wrote that this one did not."""
+    recorded = previous.get("files")
+    if not isinstance(recorded, dict):
+        return
+    stale = {
+        f"{REVIEW_DIR}/{name}": fingerprint
+        for name, fingerprint in recorded.items()
+        if isinstance(name, str)
+        and _PAGE_FILE.fullmatch(name)
+        and name not in kept
+        and isinstance(fingerprint, str)
+    }
+    if stale:
+        remove_files(request.dest, stale, request.options, protected_root=request.source)
