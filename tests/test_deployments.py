@@ -188,6 +188,9 @@ def test_partitions_fan_out_to_two_workers(prefect_server, tmp_path, astronaut_r
         merged = json.loads((dest / "_anonymize" / "summary.json").read_text())
         assert merged["images_written"] == len(names)  # the parent's merged summary
         assert merged["backends"] == ["CPUExecutionProvider"]
+        # One review of the whole dataset, by the parent; none per partition.
+        assert merged["review"] == str(dest / "_anonymize" / "review" / "index.html")
+        assert (dest / "_anonymize" / "review" / "index.html").read_text().count("<figure") == 8
         for name in names:
             assert (dest / name).is_file()
 

@@ -172,12 +172,13 @@ def _remove_stale(
     if not isinstance(recorded, dict):
         return
     stale = {
-        f"{REVIEW_DIR}/{name}": fingerprint
+        name: fingerprint
         for name, fingerprint in recorded.items()
         if isinstance(name, str)
         and _PAGE_FILE.fullmatch(name)
         and name not in kept
         and isinstance(fingerprint, str)
     }
-    if stale:
-        remove_files(request.dest, stale, request.options, protected_root=request.source)
+    if stale:  # rooted at the review folder: nothing outside it can be named
+        folder = join_url(request.dest, REVIEW_DIR)
+        remove_files(folder, stale, request.options, protected_root=request.source)
