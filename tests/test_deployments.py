@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -191,8 +192,10 @@ def test_partitions_fan_out_to_two_workers(prefect_server, tmp_path, astronaut_r
         # One review of the whole dataset, by the parent; none per partition.
         assert merged["review"] == str(dest / "_anonymize" / "review" / "index.html")
         assert (dest / "_anonymize" / "review" / "index.html").read_text().count("<figure") == 8
-        for name in names:
-            assert (dest / name).is_file()
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in names:  # written by a worker's flow process, readable as the umask allows
+            assert stat.S_IMODE((dest / name).stat().st_mode) == 0o666 & ~umask
 
         (dest / names[0]).unlink()
         again = run_parent(env, source, dest)
