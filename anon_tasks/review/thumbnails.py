@@ -101,27 +101,25 @@ def _fitted(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, size, interpolation=interpolation), scale
 
 
+def _scaled(face: Face, scale: float) -> Face:
+    return face.model_copy(
+        update={
+            "xyxy": tuple(v * scale for v in face.xyxy),
+            "landmarks_xy": tuple((x * scale, y * scale) for x, y in face.landmarks_xy),
+        }
+    )
+
+
 def _outline_masks(
-    tile: np.ndarray,
-    faces: list[Face],
-    masking: MaskSettings,
-    full_hw: tuple[int, int],
-    scale: float,
+    tile: np.ndarray, faces: list[Face], masking: MaskSettings, scale: float
 ) -> None:
-    """Draw the outline of every pixel the masks replaced, at the thumbnail's scale."""
+    """Draw the outline of the pixels the masks replaced: the same shapes (boxes, or ellipses
+    turned with the face) computed for the faces scaled to the thumbnail."""
     height, width = tile.shape[:2]
     covered = np.zeros((height, width), dtype=np.uint8)
-    for (x1, y1, x2, y2), inside in masked_areas(*full_hw, faces, masking):
-        tx1, ty1 = int(x1 * scale), int(y1 * scale)
-        tx2 = min(width, max(tx1 + 1, round(x2 * scale)))
-        ty2 = min(height, max(ty1 + 1, round(y2 * scale)))
-        if inside is None:
-            covered[ty1:ty2, tx1:tx2] = 1
-            continue
-        shrunk = cv2.resize(
-            inside.astype(np.uint8), (tx2 - tx1, ty2 - ty1), interpolation=cv2.INTER_NEAREST
-        )
-        covered[ty1:ty2, tx1:tx2] |= shrunk
+    thumb_faces = [_scaled(face, scale) for face in faces]
+    for (x1, y1, x2, y2), inside in masked_areas(height, width, thumb_faces, masking):
+        covered[y1:y2, x1:x2] |= 1 if inside is None else inside.astype(np.uint8)
     contours, _ = cv2.findContours(covered, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(tile, contours, -1, MASK_RGB, 2, lineType=cv2.LINE_AA)
 
@@ -163,7 +161,7 @@ def thumbnail(
     tile, fit_scale = _fitted(rgb)
     tile = np.ascontiguousarray(tile)
     scale = fit_scale * rgb.shape[1] / full_hw[1]
-    _outline_masks(tile, _faces(row.faces, frame), masking, full_hw, scale)
+    _outline_masks(tile, _faces(row.faces, frame), masking, scale)
     _outline_near_misses(tile, _faces(row.near_misses, frame), scale)
     return tile
 
@@ -195,7 +193,7 @@ def contact_sheet(tiles: Sequence[np.ndarray], columns: int) -> bytes:
         top, left = y + (TILE_PX - height) // 2, x + (TILE_PX - width_px) // 2
         sheet[top : top + height, left : left + width_px] = tile
     ok, encoded = cv2.imencode(
-        ".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]
+        ".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
     )
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR array
         raise RuntimeError("the contact sheet could not be encoded")
