@@ -345,7 +345,8 @@ def anonymize_dataset(
         detection: Threshold, model and device.
         masking: Method (blur, solid, mosaic, none), mask scale, ellipse, mosaic size.
         output: JPEG quality, metadata policy and pixel limit.
-        run: Shard size, failure policy, caption note, result storage and partition.
+        run: Shard size, failure policy, caption note, review page, result storage and
+            partition.
 
     Returns:
         The run summary. When images failed and ``run.allow_failures`` is off, the run ends
