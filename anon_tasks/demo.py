@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nSample photos: {source}/\n"
         f"Anonymised copies (same relative paths): {dest}/\n"
         f"Audit manifest, one line per image: {dest}/_anonymize/manifest.jsonl\n"
+        f"Review page (masks and near misses; open it in a browser): "
+        f"{dest}/_anonymize/review/index.html\n"
         f"Caption with the note added: {dest}/astronaut.txt\n"
         "Run `make demo` again: nothing is re-read or re-inferred (the manifest says unchanged).\n"
     )
