@@ -111,7 +111,8 @@ def test_object_keys_with_dot_dot_cannot_write_outside_dest(tmp_path, astronaut_
         run=RunSettings(allow_failures=True),
     )
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
-    assert written == ["out/clean/ok.png"]
+    # The image, and the review page's contact sheet in the tool's own folder; nothing else.
+    assert written == ["out/clean/_anonymize/review/sheet-0001.png", "out/clean/ok.png"]
     assert summary.images_written == 1
     assert summary.images_failed == len(summary.failed_images) == summary.images_total - 1
 
