@@ -50,6 +50,13 @@ _NO_PREVIEW_RGB = (70, 70, 70)
 #: Most upscaling of a small output, so a thumbnail's outlines stay readable.
 _MAX_UPSCALE = 4.0
 _JPEG_MAGIC = b"\xff\xd8"
+#: Run-length zlib at level 1: on photo sheets faster and smaller than the default strategy.
+_PNG_OPTIONS = [
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
+]
 #: Near misses whose score is written on a thumbnail (the highest); the rest are boxes only.
 _LABELLED = 3
 
@@ -192,9 +199,7 @@ def contact_sheet(tiles: Sequence[np.ndarray], columns: int) -> bytes:
         height, width_px = tile.shape[:2]
         top, left = y + (TILE_PX - height) // 2, x + (TILE_PX - width_px) // 2
         sheet[top : top + height, left : left + width_px] = tile
-    ok, encoded = cv2.imencode(
-        ".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    )
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), _PNG_OPTIONS)
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR array
         raise RuntimeError("the contact sheet could not be encoded")
     return encoded.tobytes()
