@@ -30,6 +30,7 @@ __all__ = [
     "TILE_GAP_PX",
     "TILE_PX",
     "contact_sheet",
+    "no_preview_tile",
     "review_frame",
     "thumbnail",
     "tile_origin",
@@ -164,7 +165,7 @@ def thumbnail(
         rgb, full_hw = _decoded_rgb(content, frame, source, max_pixels)
     except ImageError as exc:
         logger.warning("no review thumbnail of %s: %s", source, exc.reason)
-        return _no_preview()
+        return no_preview_tile()
     tile, fit_scale = _fitted(rgb)
     tile = np.ascontiguousarray(tile)
     scale = fit_scale * rgb.shape[1] / full_hw[1]
@@ -173,7 +174,8 @@ def thumbnail(
     return tile
 
 
-def _no_preview() -> np.ndarray:
+def no_preview_tile() -> np.ndarray:
+    """The grey tile shown for an output that cannot be shown."""
     tile = np.full((TILE_PX, TILE_PX, 3), _NO_PREVIEW_RGB, dtype=np.uint8)
     cv2.putText(
         tile, "no preview", (48, TILE_PX // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (220, 220, 220), 1

@@ -26,7 +26,7 @@ from anon_tasks.datasets.manifest import MANIFEST_DIR
 from anon_tasks.datasets.outputs import remove_files
 from anon_tasks.review.page import PageContext, page_html, page_name, sheet_name
 from anon_tasks.review.selection import pages_of, score_bands, shown_rows
-from anon_tasks.review.thumbnails import contact_sheet, thumbnail
+from anon_tasks.review.thumbnails import contact_sheet, no_preview_tile, thumbnail
 from anon_tasks.storage.fingerprints import file_fingerprint
 from anon_tasks.storage.locations import StorageOptions, join_url
 from anon_tasks.storage.reads import read_bytes
@@ -95,13 +95,19 @@ def _previous_record(request: ReviewRequest) -> dict[str, object]:
 
 
 def _tile(row: ManifestRow, request: ReviewRequest) -> np.ndarray:
-    """The thumbnail of one row's output, read from dest (a grey tile when it is unreadable)."""
+    """The thumbnail of one row's output as the run wrote it; a grey tile when the file in dest
+    is not that file any more (replaced, a link swapped in, gone) or cannot be read."""
     output = row.output or ""
+    url = join_url(request.dest, output)
     try:
-        content = read_bytes(join_url(request.dest, output), request.options)
+        if file_fingerprint(url, request.options) != row.output_fingerprint:
+            raise FileNotFoundError("it changed since the run wrote it")
+        content = read_bytes(url, request.options)
+        if file_fingerprint(url, request.options) != row.output_fingerprint:
+            raise FileNotFoundError("it changed while it was read")
     except (FileNotFoundError, ImageError) as exc:
         logger.warning("no review thumbnail of %s: %s", output, exc)
-        content = b""
+        return no_preview_tile()
     return thumbnail(content, row, request.masking, max_pixels=request.max_pixels)
 
 

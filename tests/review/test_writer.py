@@ -14,6 +14,7 @@ from anon_tasks.core.records import ImageStatus
 from anon_tasks.core.settings import MaskSettings
 from anon_tasks.review import REVIEW_DIR, ReviewRequest, write_review
 from anon_tasks.review.writer import PAGE_SIZE
+from anon_tasks.storage.fingerprints import file_fingerprint
 from tests.review.rows import FLOOR, THRESHOLD, row
 
 BLUE, RED = (30, 60, 220), (230, 20, 20)
@@ -29,7 +30,9 @@ def _dataset(tmp_path: Path, count: int) -> tuple[Path, Path, list]:
         name = f"img-{index:03d}.png"
         cv2.imwrite(str(source / name), np.full((48, 64, 3), RED[::-1], np.uint8))
         cv2.imwrite(str(dest / name), np.full((48, 64, 3), BLUE[::-1], np.uint8))
-        made.append(row(name, misses=(0.3,) if index % 3 == 0 else ()))
+        written = row(name, misses=(0.3,) if index % 3 == 0 else ())
+        fingerprint = file_fingerprint(str(dest / name))
+        made.append(written.model_copy(update={"output_fingerprint": fingerprint}))
     return source, dest, made
 
 
@@ -65,6 +68,22 @@ def test_the_review_shows_the_outputs_never_the_sources(tmp_path) -> None:
     (dest / REVIEW_DIR / "review.json").unlink()
     write_review(made, _request(source, dest))
     assert (dest / REVIEW_DIR / "sheet-0001.png").read_bytes() == first
+
+
+@pytest.mark.parametrize("swap", ["link to the source", "rewritten", "gone"])
+def test_an_output_that_is_not_as_written_is_not_shown(tmp_path, swap) -> None:
+    """Whatever stands in dest now, the page shows only the files the run wrote."""
+    source, dest, made = _dataset(tmp_path, 2)
+    target = dest / "img-000.png"
+    target.unlink()
+    if swap == "link to the source":
+        target.symlink_to(source / "img-000.png")
+    elif swap == "rewritten":
+        cv2.imwrite(str(target), np.full((48, 64, 3), RED[::-1], np.uint8))
+    write_review(made, _request(source, dest))
+    sheet = _sheet(dest).reshape(-1, 3).astype(int)
+    assert not (np.abs(sheet - RED).max(axis=1) < 60).any()
+    assert (np.abs(sheet - BLUE).max(axis=1) < 8).sum() >= 48 * 64  # the other output
 
 
 def test_pages_hold_at_most_a_page_of_thumbnails_and_the_limit_bounds_them(tmp_path) -> None:
