@@ -150,23 +150,14 @@ def _run_flow(source: Path, precision: str = "exact") -> dict[str, object]:
 
 def _review_seconds(source: Path, dest: Path, detection: object) -> float:
     """The review page's share of a first run: drawn again from the run's manifest."""
-    from anon_tasks.core.settings import MaskSettings, RunSettings
+    from anon_tasks.datasets.keys import RenderSpec
     from anon_tasks.datasets.manifest import read_manifest
-    from anon_tasks.detection.detector import detection_floor
     from anon_tasks.review import REVIEW_DIR, ReviewRequest, write_review
 
     rows = list(read_manifest(str(dest)).values())
     shutil.rmtree(dest / REVIEW_DIR)
-    threshold = detection.threshold  # type: ignore[attr-defined]
-    request = ReviewRequest(
-        source=str(source),
-        dest=str(dest),
-        masking=MaskSettings(),
-        threshold=threshold,
-        score_floor=detection_floor(threshold),
-        limit=RunSettings().review_images,
-        max_pixels=200_000_000,
-    )
+    render = RenderSpec.from_settings(detection)  # type: ignore[arg-type]
+    request = ReviewRequest.for_run(str(source), str(dest), render, None)
     started = time.perf_counter()
     write_review(rows, request)
     return time.perf_counter() - started

@@ -425,9 +425,7 @@ def _anonymize(
         remove_journals([*outcome.journals, *plan.journals], storage.options)
     # A partition's rows are reviewed with the others' by the parent that merges them.
     review = (
-        None
-        if detect_only or run.partition
-        else write_review_page(quote(rows), source, dest, render, storage)
+        None if run.partition else write_review_page(quote(rows), source, dest, render, storage)
     )
     summary = _summary(
         state,

@@ -22,13 +22,7 @@ from prefect.utilities.annotations import quote
 
 from anon_tasks.core.errors import AnonTasksError
 from anon_tasks.core.records import ManifestRow, RunSummary
-from anon_tasks.core.settings import (
-    AnonymizeMethod,
-    DetectionSettings,
-    MaskSettings,
-    OutputSettings,
-    RunSettings,
-)
+from anon_tasks.core.settings import DetectionSettings, MaskSettings, OutputSettings, RunSettings
 from anon_tasks.datasets.keys import RenderSpec
 from anon_tasks.datasets.manifest import read_manifest, summary_url, write_manifest
 from anon_tasks.orchestration.credentials import resolve_storage
@@ -179,8 +173,7 @@ def anonymize_partitioned(
     rows, summaries = _merge(dest, partitions, finished, storage)
     manifest = write_manifest(dest, rows, None, storage.options, protected_root=source)
     render = RenderSpec.from_settings(detection, masking, output, run)
-    detect_only = render.masking.method is AnonymizeMethod.NONE
-    review = None if detect_only else write_review_page(quote(rows), source, dest, render, storage)
+    review = write_review_page(quote(rows), source, dest, render, storage)
     failed_images = tuple(sorted(image for s in summaries for image in s.failed_images))
     summary = RunSummary(
         source=source,

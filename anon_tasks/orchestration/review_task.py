@@ -9,8 +9,8 @@ from prefect.cache_policies import NO_CACHE
 
 from anon_tasks.core.errors import AnonTasksError
 from anon_tasks.core.records import ManifestRow
+from anon_tasks.core.settings import AnonymizeMethod
 from anon_tasks.datasets.keys import RenderSpec
-from anon_tasks.detection.detector import detection_floor
 from anon_tasks.review import ReviewRequest, write_review
 from anon_tasks.storage.resolved import ResolvedStorage
 
@@ -28,23 +28,16 @@ def write_review_page(
     """Write ``<dest>/_anonymize/review/index.html`` for a run whose manifest holds ``rows``.
 
     The outputs are anonymised whatever happens here: a review that cannot be written is a
-    warning, not a failed run.
+    warning, not a failed run. A detect-only run (method none) leaves dest as it is: no page.
 
     Returns:
-        The page's URL; None when ``run.review_images`` is 0 or it could not be written.
+        The page's URL; None for method none, when ``run.review_images`` is 0, or when it
+        could not be written.
     """
-    threshold = render.detection.threshold
-    request = ReviewRequest(
-        source=source,
-        dest=dest,
-        masking=render.masking,
-        threshold=threshold,
-        score_floor=detection_floor(threshold),
-        limit=render.run.review_images,
-        max_pixels=render.output.max_pixels,
-        options=storage.options,
-    )
+    if render.masking.method is AnonymizeMethod.NONE:
+        return None
     try:
+        request = ReviewRequest.for_run(source, dest, render, storage.options)
         return write_review(rows, request)  # logs where the page is
     except (AnonTasksError, OSError) as exc:
         get_run_logger().warning("no review page: %s", exc)

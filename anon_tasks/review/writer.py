@@ -22,8 +22,10 @@ from anon_tasks.core.errors import ImageError
 from anon_tasks.core.records import ImageStatus, ManifestRow
 from anon_tasks.core.settings import MaskSettings
 from anon_tasks.core.version import __version__
+from anon_tasks.datasets.keys import RenderSpec
 from anon_tasks.datasets.manifest import MANIFEST_DIR
 from anon_tasks.datasets.outputs import remove_files
+from anon_tasks.detection.detector import detection_floor
 from anon_tasks.review.page import PageContext, page_html, page_name, sheet_name
 from anon_tasks.review.selection import pages_of, score_bands, shown_rows
 from anon_tasks.review.thumbnails import contact_sheet, no_preview_tile, thumbnail
@@ -64,6 +66,24 @@ class ReviewRequest:
     limit: int
     max_pixels: int
     options: StorageOptions | None = None
+
+    @classmethod
+    def for_run(
+        cls, source: str, dest: str, render: RenderSpec, options: StorageOptions | None
+    ) -> ReviewRequest:
+        """The request of a run with these settings: its mask, threshold and the floor its
+        detections were kept down to, ``run.review_images``, ``output.max_pixels``."""
+        threshold = render.detection.threshold
+        return cls(
+            source=source,
+            dest=dest,
+            masking=render.masking,
+            threshold=threshold,
+            score_floor=detection_floor(threshold),
+            limit=render.run.review_images,
+            max_pixels=render.output.max_pixels,
+            options=options,
+        )
 
 
 def _digest(shown: Sequence[ManifestRow], context: PageContext, request: ReviewRequest) -> str:
