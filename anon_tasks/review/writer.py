@@ -120,11 +120,11 @@ def _tile(row: ManifestRow, request: ReviewRequest) -> np.ndarray:
     output = row.output or ""
     url = join_url(request.dest, output)
     try:
-        if file_fingerprint(url, request.options) != row.output_fingerprint:
-            raise FileNotFoundError("it changed since the run wrote it")
         content = read_bytes(url, request.options)
+        # Checked after the read: bytes read from a file that was not the run's, or that was
+        # swapped during the read, fail it (a check before the read would add nothing).
         if file_fingerprint(url, request.options) != row.output_fingerprint:
-            raise FileNotFoundError("it changed while it was read")
+            raise FileNotFoundError("it is not the file the run wrote")
     except (FileNotFoundError, ImageError) as exc:
         logger.warning("no review thumbnail of %s: %s", output, exc)
         return no_preview_tile()
