@@ -17,6 +17,7 @@ from PIL import Image
 
 from anon_tasks import cli
 from anon_tasks.core.errors import ConfigurationError
+from anon_tasks.datasets.manifest import INTERNAL_DIRS
 from anon_tasks.datasets.paths import check_dataset_paths, check_file_paths
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -226,10 +227,14 @@ def test_urls_a_run_cannot_use_are_refused_naming_the_field(source, dest, field)
     assert "pw@" not in str(refused.value)
 
 
-@pytest.mark.parametrize("inner", ["cache", "tmp"])
-def test_a_linked_cache_or_staging_folder_leading_into_the_source_is_refused(
+@pytest.mark.parametrize(
+    "inner", [folder.split("/", 1)[1] for folder in INTERNAL_DIRS if "/" in folder]
+)
+def test_a_linked_internal_folder_of_dest_leading_into_the_source_is_refused(
     photos, tmp_path, inner
 ) -> None:
+    """Every folder the tool writes its own files into (cache, staging, journal, review...),
+    read from the one list the preflight checks, so a new one is tested as it is added."""
     dest = tmp_path / "clean"
     (dest / "_anonymize").mkdir(parents=True)
     (dest / "_anonymize" / inner).symlink_to(photos, target_is_directory=True)

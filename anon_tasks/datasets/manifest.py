@@ -22,8 +22,10 @@ from anon_tasks.storage.writes import write_bytes_atomic
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "INTERNAL_DIRS",
     "JOURNAL_DIR",
     "MANIFEST_DIR",
+    "REVIEW_DIR",
     "STAGING_DIR",
     "manifest_parameters",
     "manifest_url",
@@ -45,6 +47,10 @@ STAGING_DIR = f"{MANIFEST_DIR}/tmp"
 DEFAULT_CACHE_DIR = f"{MANIFEST_DIR}/cache"
 #: Rows of written shards, until the run's manifest holds them (a stopped run leaves them).
 JOURNAL_DIR = f"{MANIFEST_DIR}/journal"
+#: The run's review page, its contact sheets and its record.
+REVIEW_DIR = f"{MANIFEST_DIR}/review"
+#: Every folder of dest the tool writes its own files into: none may lead into the source.
+INTERNAL_DIRS = (MANIFEST_DIR, STAGING_DIR, DEFAULT_CACHE_DIR, JOURNAL_DIR, REVIEW_DIR)
 
 
 def _suffix(partition: tuple[int, int] | None) -> str:

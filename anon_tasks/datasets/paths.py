@@ -16,7 +16,7 @@ from anon_tasks.core.errors import ConfigurationError
 from anon_tasks.core.formats import format_for_name
 from anon_tasks.core.settings import BLOCK_SLUG
 from anon_tasks.core.urls import is_local, local_path, redact_url, url_problem
-from anon_tasks.datasets.manifest import DEFAULT_CACHE_DIR, MANIFEST_DIR, STAGING_DIR
+from anon_tasks.datasets.manifest import INTERNAL_DIRS
 from anon_tasks.storage.locations import StorageOptions, join_url, location_within, url_to_fs
 
 __all__ = ["check_dataset_paths", "check_file_paths"]
@@ -161,9 +161,10 @@ def check_dataset_paths(
         _refuse_overlap("result_storage", storage_location, source, options)
     if is_local(dest):
         _check_local_folder_target(dest, "dest")
-        # dest/_anonymize holds the manifest, staging files and (by default) the cache: a link
-        # there, or in a folder below it, must not lead into the source either.
-        for internal in (MANIFEST_DIR, STAGING_DIR, DEFAULT_CACHE_DIR):
+        # dest/_anonymize holds the manifest, staging files, journals, the review page and (by
+        # default) the cache: a link there, or in a folder below it, must not lead into the
+        # source either.
+        for internal in INTERNAL_DIRS:
             if location_within(join_url(dest, internal), source, options):
                 raise ConfigurationError(
                     f"dest={dest!r}: {internal} leads into source={source!r}; the source is "

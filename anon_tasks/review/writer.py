@@ -23,7 +23,7 @@ from anon_tasks.core.records import ImageStatus, ManifestRow
 from anon_tasks.core.settings import MaskSettings
 from anon_tasks.core.version import __version__
 from anon_tasks.datasets.keys import RenderSpec
-from anon_tasks.datasets.manifest import MANIFEST_DIR
+from anon_tasks.datasets.manifest import REVIEW_DIR
 from anon_tasks.datasets.outputs import remove_files
 from anon_tasks.detection.detector import detection_floor
 from anon_tasks.review.page import PageContext, page_html, page_name, sheet_name
@@ -38,7 +38,6 @@ __all__ = ["PAGE_COLUMNS", "PAGE_SIZE", "REVIEW_DIR", "ReviewRequest", "review_u
 
 logger = logging.getLogger(__name__)
 
-REVIEW_DIR = f"{MANIFEST_DIR}/review"
 #: Thumbnails on one page (and one contact sheet), and per row of its sheet.
 PAGE_SIZE = 60
 PAGE_COLUMNS = 6
