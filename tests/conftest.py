@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import random
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Libraries that draw from the global `random` module on background threads: aiohttp's
+# connector shuffles its waiters when fsspec's IO thread releases an S3 connection (whenever an
+# earlier test's response is finished or collected); websockets picks ping payloads for
+# Prefect's event-stream keepalive on Prefect's loop thread. Hypothesis compares the global
+# random state before and after each draw and takes such a change for the strategy's own use
+# of `random` (HypothesisDeprecationWarning, an error here), failing whichever @given test
+# happens to be drawing. A generator of their own keeps them off the state Hypothesis watches.
+_BACKGROUND_RANDOM_USERS = (
+    "aiohttp.connector",
+    "aiohttp._websocket.writer",
+    "websockets.asyncio.connection",
+    "websockets.client",
+    "websockets.legacy.protocol",
+    "websockets.legacy.client",
+    "websockets.sync.connection",
+)
+for _name in _BACKGROUND_RANDOM_USERS:
+    _module = importlib.import_module(_name)
+    if getattr(_module, "random", None) is random:
+        _module.random = random.Random()  # type: ignore[attr-defined]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The read-only corpus beside the checkout; ANON_TASKS_SHARED_DATA points elsewhere.
