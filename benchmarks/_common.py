@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, the machine, the bare-model floor, deface."""
+"""Helpers shared by the benchmark scripts: timing, the machine, the bare-model floor, deface,
+a Prefect server of their own."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import os
 import platform
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -17,6 +21,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "wider-dev" / "images"
+BIN = Path(sys.executable).parent
+SERVER_START_TIMEOUT = 120.0
 
 
 def machine_description() -> str:
@@ -142,3 +148,62 @@ def tiny_dataset(files: list[Path], count: int, into: Path, size_wh: tuple[int, 
             target.parent.mkdir(exist_ok=True)
             cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return into
+
+
+def start_prefect_server(home: Path, **settings: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """``prefect server start`` on a free 127.0.0.1 port, with ``home`` as its PREFECT_HOME and
+    SQLite database, once healthy; the process and the environment that talks to it (its
+    PREFECT_API_URL, plus ``settings``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        **settings,
+    }
+    env.pop("PREFECT_PROFILES_PATH", None)
+    server = start_process_group(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
+    )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server, env
+        except OSError:
+            time.sleep(0.2)
+    stop_process_group(server)
+    raise TimeoutError("prefect server did not become healthy")
+
+
+def start_process_group(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A process in a session of its own (so it stops with its children), output discarded."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process's group, SIGKILL after 30 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

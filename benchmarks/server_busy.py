@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,21 +28,22 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    BIN,
+    REPO_ROOT,
+    start_prefect_server,
+    start_process_group,
+    stop_process_group,
+)
+
 logger = logging.getLogger("server_busy")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 POOL = "anon-cpu"
 DEPLOYMENT = "anonymize-dataset/cpu"
 REQUEST_GAP_SECONDS = 0.13
-START_TIMEOUT_SECONDS = 120
 WORKER_SETTLE_SECONDS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, body: dict) -> int:
@@ -58,41 +56,6 @@ def post(url: str, body: dict) -> int:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
-
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        args,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=REPO_ROOT,
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-def wait_for_health(api: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("prefect server did not become healthy")
 
 
 def statuses(api: str, deployment_id: str, requests: int) -> Counter[int]:
@@ -110,26 +73,11 @@ def statuses(api: str, deployment_id: str, requests: int) -> Counter[int]:
 
 def run_case(requests: int, poll_seconds: float | None) -> dict:
     """One server from scratch; ``poll_seconds`` None runs no worker."""
+    settings = {} if poll_seconds is None else {"PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds)}
     with tempfile.TemporaryDirectory(prefix="server-busy-") as home:
-        api = f"http://127.0.0.1:{free_port()}/api"
-        env = {
-            **os.environ,
-            "PREFECT_HOME": home,
-            "PREFECT_API_URL": api,
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-        }
-        env.pop("PREFECT_PROFILES_PATH", None)
-        if poll_seconds is not None:
-            env["PREFECT_WORKER_QUERY_SECONDS"] = str(poll_seconds)
-        port = api.rsplit(":", 1)[1].split("/")[0]
-        server = start(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env
-        )
-        worker = None
+        server, env = start_prefect_server(Path(home), **settings)
+        api, worker = env["PREFECT_API_URL"], None
         try:
-            wait_for_health(api, server)
             for args in (
                 ["work-pool", "create", POOL, "--type", "process"],
                 ["deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "cpu"],
@@ -145,13 +93,14 @@ def run_case(requests: int, poll_seconds: float | None) -> dict:
             with urllib.request.urlopen(f"{api}/deployments/name/{DEPLOYMENT}") as response:
                 deployment_id = json.load(response)["id"]
             if poll_seconds is not None:
-                worker = start([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env)
+                command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL]
+                worker = start_process_group(command, env)
                 time.sleep(WORKER_SETTLE_SECONDS)
             counts = statuses(api, deployment_id, requests)
         finally:
             if worker is not None:
-                stop(worker)
-            stop(server)
+                stop_process_group(worker)
+            stop_process_group(server)
     return {
         "worker_poll_seconds": poll_seconds,
         "requests": requests,

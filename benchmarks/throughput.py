@@ -66,12 +66,10 @@ from _common import (
     median_ms,
     peak_rss_mb,
     reference_blob,
+    start_prefect_server,
+    stop_process_group,
     tiny_dataset,
 )
-
-BIN = Path(sys.executable).parent
-SERVER_START_TIMEOUT = 120.0
-
 
 # --- the cases, each run in a child process ------------------------------------------------
 
@@ -167,20 +165,20 @@ def case_flow_running_server(source: Path, precision: str = "exact") -> dict[str
     """The flow against a server started beforehand, as in a deployment."""
     with tempfile.TemporaryDirectory(prefix="anon-prefect-home-") as home:
         started = time.perf_counter()
-        server, api = _start_server(Path(home))
+        server, env = start_prefect_server(Path(home))
         startup = time.perf_counter() - started
         try:
             import prefect.settings as prefect_settings
 
             updates = {
-                prefect_settings.PREFECT_API_URL: api,
+                prefect_settings.PREFECT_API_URL: env["PREFECT_API_URL"],
                 prefect_settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
             }
             with prefect_settings.temporary_settings(updates=updates):
                 _warm_up_model(precision)
                 result = _run_flow(source, precision)
         finally:
-            _stop(server)
+            stop_process_group(server)
     return {**result, "prefect_startup_seconds": startup}
 
 
@@ -196,55 +194,6 @@ def case_flow_embedded(source: Path) -> dict[str, object]:
         _warm_up_model()
         result = _run_flow(source)
     return {**result, "prefect_startup_seconds": startup}
-
-
-def _start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, api
-        except OSError:
-            time.sleep(0.2)
-    _stop(server)
-    raise TimeoutError("prefect server did not become healthy")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
 
 
 def run_case(case: str, folder: Path, threads: int | None) -> dict[str, object]:
