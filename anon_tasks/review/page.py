@@ -29,9 +29,10 @@ def page_name(number: int) -> str:
     return "index.html" if number == 1 else f"page-{number:04d}.html"
 
 
-def sheet_name(number: int) -> str:
-    """File name of page ``number``'s contact sheet."""
-    return f"sheet-{number:04d}.png"
+def sheet_name(number: int, digest: str) -> str:
+    """File name of page ``number``'s contact sheet of the tiles ``digest`` names: a new name
+    for new pictures, so a browser never shows a sheet it cached from an earlier run."""
+    return f"sheet-{number:04d}-{digest}.png"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _figure(index: int, row: ManifestRow, sheet: str, columns: int) -> str:
     return (
         f'<figure data-near-misses="{len(row.near_misses)}" data-masked="{len(row.faces)}">'
         f'<a href="{_text(_output_href(output))}">'
-        f'<img src="{sheet}" alt="{_text(output)}" width={TILE_PX} height={TILE_PX} '
+        f'<img src="{_text(sheet)}" alt="{_text(output)}" width={TILE_PX} height={TILE_PX} '
         f'style="object-position:-{x}px -{y}px"></a>'
         f"<figcaption><span class=name>{_text(output)}</span>"
         f"<span>{masked}</span>{misses}</figcaption></figure>"
@@ -149,8 +150,9 @@ nav{{margin:1em 0}}
 """
 
 
-def page_html(number: int, rows: Sequence[ManifestRow], context: PageContext) -> str:
-    """Page ``number`` (1-based) of the review, showing ``rows`` on ``sheet_name(number)``."""
+def page_html(number: int, rows: Sequence[ManifestRow], context: PageContext, sheet: str) -> str:
+    """Page ``number`` (1-based) of the review, showing ``rows`` on the contact sheet named
+    ``sheet`` (in the page's folder)."""
     first = (number - 1) * context.page_size + 1
     shown = (
         f"Images {first}–{first + len(rows) - 1} of the {context.images_shown} shown"
@@ -169,7 +171,6 @@ def page_html(number: int, rows: Sequence[ManifestRow], context: PageContext) ->
         if context.images_failed
         else ""
     )
-    sheet = sheet_name(number)
     figures = "".join(_figure(index, row, sheet, context.columns) for index, row in enumerate(rows))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8>

@@ -32,6 +32,7 @@ __all__ = [
     "contact_sheet",
     "no_preview_tile",
     "review_frame",
+    "sheet_size",
     "thumbnail",
     "tile_origin",
 ]
@@ -190,12 +191,17 @@ def tile_origin(index: int, columns: int) -> tuple[int, int]:
     return TILE_GAP_PX + column * step, TILE_GAP_PX + row * step
 
 
+def sheet_size(tiles: int, columns: int) -> tuple[int, int]:
+    """Width and height in pixels of a contact sheet of ``tiles`` tiles, ``columns`` to a row."""
+    step = TILE_PX + TILE_GAP_PX
+    rows = max(1, -(-tiles // columns))
+    return TILE_GAP_PX + min(max(1, tiles), columns) * step, TILE_GAP_PX + rows * step
+
+
 def contact_sheet(tiles: Sequence[np.ndarray], columns: int) -> bytes:
     """The tiles on one PNG, ``columns`` to a row, each centred in its ``TILE_PX`` square."""
-    rows = max(1, -(-len(tiles) // columns))
-    step = TILE_PX + TILE_GAP_PX
-    width = TILE_GAP_PX + min(max(1, len(tiles)), columns) * step
-    sheet = np.full((TILE_GAP_PX + rows * step, width, 3), _BACKGROUND_RGB, dtype=np.uint8)
+    width, height = sheet_size(len(tiles), columns)
+    sheet = np.full((height, width, 3), _BACKGROUND_RGB, dtype=np.uint8)
     for index, tile in enumerate(tiles):
         x, y = tile_origin(index, columns)
         height, width_px = tile.shape[:2]

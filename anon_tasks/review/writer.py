@@ -2,8 +2,10 @@
 
 The page is made from the manifest rows and the outputs in dest alone. ``review.json`` beside
 it records a digest of everything the pages show; a rerun that would draw the same pages
-(nothing changed) reads that file and draws nothing. Pages and sheets of an earlier, longer
-review are deleted (only while they are as it wrote them).
+(nothing changed) reads that file and draws nothing. Otherwise a sheet whose tiles are all as
+before is kept, and a tile drawn before is copied from the earlier sheet (``reuse``): a
+threshold rerun draws only the outputs it changed. Pages and sheets of the earlier review that
+this one does not use are deleted (only while they are as it wrote them).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +30,7 @@ from anon_tasks.datasets.manifest import REVIEW_DIR
 from anon_tasks.datasets.outputs import remove_files
 from anon_tasks.detection.detector import detection_floor
 from anon_tasks.review.page import PageContext, page_html, page_name, sheet_name
+from anon_tasks.review.reuse import SHEET_FILE, EarlierSheets, sheet_digest, tile_key
 from anon_tasks.review.selection import pages_of, score_bands, shown_rows
 from anon_tasks.review.thumbnails import contact_sheet, no_preview_tile, thumbnail
 from anon_tasks.storage.fingerprints import file_fingerprint
@@ -43,9 +47,9 @@ PAGE_SIZE = 60
 PAGE_COLUMNS = 6
 _RECORD = "review.json"
 #: The names a review writes besides its record: only these are ever deleted as stale.
-_PAGE_FILE = re.compile(r"index\.html|page-\d{4}\.html|sheet-\d{4}\.png")
+_PAGE_FILE = re.compile(rf"index\.html|page-\d{{4}}\.html|{SHEET_FILE.pattern}")
 #: Changes whenever the pages would be drawn differently from the same rows.
-_LAYOUT_VERSION = 1
+_LAYOUT_VERSION = 2
 
 
 def review_url(dest: str) -> str:
@@ -113,12 +117,28 @@ def _previous_record(request: ReviewRequest) -> dict[str, object]:
     return record if isinstance(record, dict) else {}
 
 
-def _tile(row: ManifestRow, request: ReviewRequest) -> np.ndarray:
-    """The thumbnail of one row's output as the run wrote it; a grey tile when the file in dest
-    is not that file any more (replaced, a link swapped in, gone) or cannot be read."""
+#: How a tile came to be: drawn from the output, copied from an earlier sheet, or grey (the
+#: output is not as the run wrote it, or unreadable now; never copied later).
+_DRAWN, _COPIED, _MISSING = "drawn", "copied", "missing"
+#: A tile on a sheet kept as it was (all its tiles unchanged).
+_KEPT = "kept"
+
+
+def _tile(
+    row: ManifestRow, key: str, request: ReviewRequest, earlier: EarlierSheets
+) -> tuple[np.ndarray, str]:
+    """The thumbnail of one row's output as the run wrote it, and how it was made. Copied from
+    an earlier sheet when one holds it; grey when the file in dest is not that file any more
+    (replaced, a link swapped in, gone) or cannot be read."""
     output = row.output or ""
     url = join_url(request.dest, output)
     try:
+        if earlier.has(key):
+            if file_fingerprint(url, request.options) != row.output_fingerprint:
+                raise FileNotFoundError("it is not the file the run wrote")
+            copied = earlier.take(key)
+            if copied is not None:
+                return copied, _COPIED
         content = read_bytes(url, request.options)
         # Checked after the read: bytes read from a file that was not the run's, or that was
         # swapped during the read, fail it (a check before the read would add nothing).
@@ -126,8 +146,10 @@ def _tile(row: ManifestRow, request: ReviewRequest) -> np.ndarray:
             raise FileNotFoundError("it is not the file the run wrote")
     except (FileNotFoundError, ImageError) as exc:
         logger.warning("no review thumbnail of %s: %s", output, exc)
-        return no_preview_tile()
-    return thumbnail(content, row, request.masking, max_pixels=request.max_pixels)
+        return no_preview_tile(), _MISSING
+    # An output that cannot be decoded is grey here and grey again from the same bytes: the
+    # tile is kept under its key like any other.
+    return thumbnail(content, row, request.masking, max_pixels=request.max_pixels), _DRAWN
 
 
 def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | None:
@@ -162,19 +184,39 @@ def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | N
         logger.info("review page unchanged: %s", url)
         return url
     files: dict[str, str | None] = {}
+    sheets: dict[str, list[str | None]] = {}
+    folder = join_url(request.dest, REVIEW_DIR)
+    earlier = EarlierSheets(previous, folder, PAGE_COLUMNS, request.options)
     threads = pipeline_threads()
 
     def write(name: str, content: bytes) -> None:
-        target = join_url(request.dest, f"{REVIEW_DIR}/{name}")
+        target = join_url(folder, name)
         write_bytes_atomic(target, content, request.options, protected_root=request.source)
         files[name] = file_fingerprint(target, request.options)
 
+    made: Counter[str] = Counter()
     for number, page in enumerate(pages, start=1):
-        tiles = list(
-            ordered_map(lambda row: _tile(row, request), page, threads=threads, ahead=2 * threads)
-        )
-        write(sheet_name(number), contact_sheet(tiles, PAGE_COLUMNS))
-        write(page_name(number), page_html(number, page, context).encode("utf-8"))
+        keys = [tile_key(row, request.masking, request.max_pixels) for row in page]
+        sheet = sheet_name(number, sheet_digest(keys))
+        kept = earlier.unchanged(sheet, keys)
+        if kept is not None:
+            files[sheet], sheets[sheet] = kept, list(keys)
+            made[_KEPT] += len(keys)
+        else:
+            tiles = list(
+                ordered_map(
+                    lambda pair: _tile(pair[0], pair[1], request, earlier),
+                    zip(page, keys, strict=True),
+                    threads=threads,
+                    ahead=2 * threads,
+                )
+            )
+            write(sheet, contact_sheet([tile for tile, _ in tiles], PAGE_COLUMNS))
+            sheets[sheet] = [
+                None if how == _MISSING else key for key, (_, how) in zip(keys, tiles, strict=True)
+            ]
+            made.update(how for _, how in tiles)
+        write(page_name(number), page_html(number, page, context, sheet).encode("utf-8"))
     _remove_stale(previous, files, request)
     record = {
         "digest": digest,
@@ -183,9 +225,20 @@ def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | N
         "images_with_output": with_output,
         "bands": [band.__dict__ for band in context.bands],
         "files": files,
+        "sheets": sheets,
     }
     write(_RECORD, json.dumps(record, indent=2).encode("utf-8"))
-    logger.info("review page: %s (%d image(s) on %d page(s))", url, len(shown), len(pages))
+    logger.info(
+        "review page: %s (%d image(s) on %d page(s); thumbnails: %d drawn, %d copied, "
+        "%d on unchanged sheets, %d not shown)",
+        url,
+        len(shown),
+        len(pages),
+        made[_DRAWN],
+        made[_COPIED],
+        made[_KEPT],
+        made[_MISSING],
+    )
     return url
 
 

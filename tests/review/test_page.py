@@ -12,6 +12,8 @@ from anon_tasks.review.page import PageContext, page_html, page_name, sheet_name
 from anon_tasks.review.selection import score_bands
 from tests.review.rows import FLOOR, THRESHOLD, row
 
+DIGEST = "0123456789abcdef"
+SHEET = sheet_name(1, DIGEST)
 #: Every element the page is made of; a name that adds another is markup that got through.
 PAGE_TAGS = {
     "html", "head", "meta", "title", "style", "body", "h1", "p", "code", "span", "table",
@@ -72,17 +74,17 @@ _names = st.text(
 @given(st.lists(_names, min_size=1, max_size=8, unique=True), _names)
 def test_any_file_name_is_shown_as_text_and_linked_to_its_output(names, dest) -> None:
     made = [row(f"sub/{name}", misses=(0.3,)) for name in names]
-    page = _parsed(page_html(1, made, _context(made, dest=dest)))
+    page = _parsed(page_html(1, made, _context(made, dest=dest), SHEET))
     assert page.tags <= PAGE_TAGS
     assert [image["alt"] for image in page.images] == [f"sub/{name}" for name in names]
-    assert {image["src"] for image in page.images} == {sheet_name(1)}
+    assert {image["src"] for image in page.images} == {SHEET}
     outputs = [unquote(link) for link in page.links]
     assert outputs == [f"../../sub/{name}" for name in names]
 
 
 def test_the_page_forbids_scripts_and_shows_no_raw_markup() -> None:
     made = [row("<script>alert(1)</script>.png", faces=(0.9,), misses=(0.35, 0.2))]
-    text = page_html(1, made, _context(made))
+    text = page_html(1, made, _context(made), SHEET)
     page = _parsed(text)
     assert "script" not in page.tags
     policy = next(m["content"] for m in page.metas if m.get("http-equiv"))
@@ -92,8 +94,8 @@ def test_the_page_forbids_scripts_and_shows_no_raw_markup() -> None:
 
 def test_pages_link_to_each_other_and_to_their_own_sheet() -> None:
     made = [row(f"{index}.png") for index in range(3)]
-    page = _parsed(page_html(2, made, _context(made, pages=3)))
-    assert {image["src"] for image in page.images} == {sheet_name(2)}
+    page = _parsed(page_html(2, made, _context(made, pages=3), sheet_name(2, DIGEST)))
+    assert {image["src"] for image in page.images} == {sheet_name(2, DIGEST)}
     assert page_name(1) in page.links
     assert page_name(3) in page.links
     assert page_name(2) not in page.links  # the current page is not a link
@@ -101,6 +103,6 @@ def test_pages_link_to_each_other_and_to_their_own_sheet() -> None:
 
 def test_the_page_names_the_threshold_that_would_mask_the_nearest_misses() -> None:
     made = [row("a.png", misses=(0.36, 0.33)), row("b.png", misses=(0.12,))]
-    text = page_html(1, made, _context(made))
+    text = page_html(1, made, _context(made), SHEET)
     assert "A threshold of 0.3 would also mask the 2 candidate(s)" in text
     assert "in 1 image(s)" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -48,9 +49,22 @@ def _request(source: Path, dest: Path, limit: int = 600) -> ReviewRequest:
     )
 
 
+def _sheet_path(dest: Path, number: int = 1) -> Path:
+    (path,) = (dest / REVIEW_DIR).glob(f"sheet-{number:04d}-*.png")
+    return path
+
+
 def _sheet(dest: Path, number: int = 1) -> np.ndarray:
-    path = dest / REVIEW_DIR / f"sheet-{number:04d}.png"
+    path = _sheet_path(dest, number)
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _names(dest: Path) -> list[str]:
+    """The review folder's file names, each sheet's digest written as <digest>."""
+    return sorted(
+        re.sub(r"-[0-9a-f]{16}\.png$", "-<digest>.png", path.name)
+        for path in (dest / REVIEW_DIR).iterdir()
+    )
 
 
 def test_the_review_shows_the_outputs_never_the_sources(tmp_path) -> None:
@@ -64,10 +78,10 @@ def test_the_review_shows_the_outputs_never_the_sources(tmp_path) -> None:
     for path in source.iterdir():
         path.unlink()
     source.rmdir()
-    first = (dest / REVIEW_DIR / "sheet-0001.png").read_bytes()
+    first = _sheet_path(dest).read_bytes()
     (dest / REVIEW_DIR / "review.json").unlink()
     write_review(made, _request(source, dest))
-    assert (dest / REVIEW_DIR / "sheet-0001.png").read_bytes() == first
+    assert _sheet_path(dest).read_bytes() == first
 
 
 @pytest.mark.parametrize("swap", ["link to the source", "rewritten", "gone"])
@@ -91,8 +105,9 @@ def test_pages_hold_at_most_a_page_of_thumbnails_and_the_limit_bounds_them(tmp_p
     made.append(row("failed.png", status=ImageStatus.FAILED))
     write_review(made, _request(source, dest))
     review = dest / REVIEW_DIR
-    assert sorted(p.name for p in review.iterdir()) == [
-        "index.html", "page-0002.html", "review.json", "sheet-0001.png", "sheet-0002.png",
+    assert _names(dest) == [
+        "index.html", "page-0002.html", "review.json", "sheet-0001-<digest>.png",
+        "sheet-0002-<digest>.png",
     ]  # fmt: skip
     assert (review / "index.html").read_text().count("<figure") == PAGE_SIZE
     assert (review / "page-0002.html").read_text().count("<figure") == 7
@@ -104,9 +119,7 @@ def test_pages_hold_at_most_a_page_of_thumbnails_and_the_limit_bounds_them(tmp_p
     )
     # A lower limit: one page, and the second page's files are gone.
     write_review(made, _request(source, dest, limit=10))
-    assert sorted(p.name for p in review.iterdir()) == [
-        "index.html", "review.json", "sheet-0001.png",
-    ]  # fmt: skip
+    assert _names(dest) == ["index.html", "review.json", "sheet-0001-<digest>.png"]
     text = (review / "index.html").read_text()
     assert text.count("<figure") == 10
     assert f"{PAGE_SIZE + 7 - 10} more outputs are listed in the manifest only" in text
@@ -115,13 +128,16 @@ def test_pages_hold_at_most_a_page_of_thumbnails_and_the_limit_bounds_them(tmp_p
 def test_an_unchanged_review_is_not_drawn_again(tmp_path) -> None:
     source, dest, made = _dataset(tmp_path, 4)
     write_review(made, _request(source, dest))
-    sheet = dest / REVIEW_DIR / "sheet-0001.png"
+    sheet = _sheet_path(dest)
     os.utime(sheet, ns=(10**9, 10**9))  # a redraw would replace the file: none may happen
     write_review(made, _request(source, dest))
     assert sheet.stat().st_mtime_ns == 10**9
     changed = [made[0].model_copy(update={"near_misses": ()}), *made[1:]]
     write_review(changed, _request(source, dest))
-    assert sheet.stat().st_mtime_ns != 10**9
+    # A sheet of other tiles, by another name; the one touched above is left (it is not as
+    # this tool wrote it), the page shows the new one.
+    (drawn,) = {path.name for path in (dest / REVIEW_DIR).glob("sheet-0001-*.png")} - {sheet.name}
+    assert f'src="{drawn}"' in (dest / REVIEW_DIR / "index.html").read_text()
 
 
 def test_a_limit_of_zero_writes_no_review(tmp_path) -> None:
