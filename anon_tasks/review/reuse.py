@@ -43,24 +43,21 @@ SHEET_FILE = re.compile(r"sheet-\d{4}(?:-[0-9a-f]{16})?\.png")
 #: Changes whenever the same inputs would draw a different tile or sheet.
 _TILE_LAYOUT = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: Decoded earlier sheets kept at once (about 7 MB each); pages are drawn in order and mostly
-#: copy from the sheet of the same or a neighbouring page.
-_SHEETS_KEPT = 2
+#: Decoded earlier sheets kept at once (about 7 MB each): a threshold rerun reorders the images,
+#: so a page copies from sheets all over the earlier review. The default review (600
+#: thumbnails) has 10 sheets, each then decoded once; a longer one decodes some again.
+_SHEETS_KEPT = 10
 
 
 def tile_key(row: ManifestRow, masking: MaskSettings, max_pixels: int) -> str:
     """The key of the thumbnail of ``row``'s output: equal keys draw equal tiles."""
-    payload = [
-        _TILE_LAYOUT,
-        __version__,
-        TILE_PX,
-        masking.model_dump(mode="json"),
-        max_pixels,
-        row.output,
-        row.output_fingerprint,
-        row.model_dump(mode="json", include={"faces", "near_misses"}),
-    ]
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    settings = [_TILE_LAYOUT, __version__, TILE_PX, masking.model_dump(mode="json"), max_pixels]
+    text = "\n".join(
+        (
+            json.dumps([*settings, row.output, row.output_fingerprint], sort_keys=True),
+            row.model_dump_json(include={"faces", "near_misses"}),
+        )
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 

@@ -89,22 +89,11 @@ class ReviewRequest:
         )
 
 
-def _digest(shown: Sequence[ManifestRow], context: PageContext, request: ReviewRequest) -> str:
-    payload = {
-        "layout": _LAYOUT_VERSION,
-        "version": __version__,
-        "masking": request.masking.model_dump(mode="json"),
-        "context": repr(context),
-        "rows": [
-            [
-                row.output,
-                row.output_fingerprint,
-                row.model_dump(mode="json", include={"faces", "near_misses"}),
-            ]
-            for row in shown
-        ],
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+def _digest(keys: Sequence[str], context: PageContext) -> str:
+    """Of everything the pages show: the tiles (each key covers its row's output, faces and
+    near misses and the mask settings) and what the pages say around them."""
+    payload = {"layout": _LAYOUT_VERSION, "version": __version__, "context": repr(context)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":")) + "\n" + "\n".join(keys)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -178,7 +167,8 @@ def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | N
         columns=PAGE_COLUMNS,
     )
     url = review_url(request.dest)
-    digest = _digest(shown, context, request)
+    keys = [tile_key(row, request.masking, request.max_pixels) for row in shown]
+    digest = _digest(keys, context)
     previous = _previous_record(request)
     if previous.get("digest") == digest and file_fingerprint(url, request.options) is not None:
         logger.info("review page unchanged: %s", url)
@@ -196,24 +186,26 @@ def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | N
 
     made: Counter[str] = Counter()
     for number, page in enumerate(pages, start=1):
-        keys = [tile_key(row, request.masking, request.max_pixels) for row in page]
-        sheet = sheet_name(number, sheet_digest(keys))
-        kept = earlier.unchanged(sheet, keys)
+        first = (number - 1) * PAGE_SIZE
+        page_keys = keys[first : first + len(page)]
+        sheet = sheet_name(number, sheet_digest(page_keys))
+        kept = earlier.unchanged(sheet, page_keys)
         if kept is not None:
-            files[sheet], sheets[sheet] = kept, list(keys)
-            made[_KEPT] += len(keys)
+            files[sheet], sheets[sheet] = kept, list(page_keys)
+            made[_KEPT] += len(page_keys)
         else:
             tiles = list(
                 ordered_map(
                     lambda pair: _tile(pair[0], pair[1], request, earlier),
-                    zip(page, keys, strict=True),
+                    zip(page, page_keys, strict=True),
                     threads=threads,
                     ahead=2 * threads,
                 )
             )
             write(sheet, contact_sheet([tile for tile, _ in tiles], PAGE_COLUMNS))
             sheets[sheet] = [
-                None if how == _MISSING else key for key, (_, how) in zip(keys, tiles, strict=True)
+                None if how == _MISSING else key
+                for key, (_, how) in zip(page_keys, tiles, strict=True)
             ]
             made.update(how for _, how in tiles)
         write(page_name(number), page_html(number, page, context, sheet).encode("utf-8"))
