@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from anon_tasks.core.records import ImageRef, ImageStatus, ManifestRow
+from anon_tasks.core.records import ImageRef, ImageStatus, ManifestFace, ManifestRow
 from anon_tasks.core.settings import DetectionSettings, OutputSettings
 from anon_tasks.datasets.keys import shard_detection_key
 from anon_tasks.datasets.listing import file_fingerprints, list_source
@@ -79,6 +79,7 @@ def row(source: str, **values) -> ManifestRow:
         "source_fingerprint": "f",
         "output_fingerprint": "o",
         "render_key": "k",
+        "score_floor": 0.1,
         "model_sha256": "m",
         "package_version": "0",
     }
@@ -96,18 +97,22 @@ def test_manifest_round_trip_is_sorted_and_tolerates_bad_lines(tmp_path) -> None
     assert read_manifest(str(tmp_path / "missing")) == {}
 
 
-def test_up_to_date_needs_same_key_and_untouched_output() -> None:
-    images = [ImageRef(relative_path=n, size_bytes=1, fingerprint="f") for n in "abcde"]
+def test_up_to_date_needs_same_key_untouched_output_and_same_masks() -> None:
+    images = [ImageRef(relative_path=n, size_bytes=1, fingerprint="f") for n in "abcdefg"]
+    face = ManifestFace(box=(0, 0, 10, 10), score=0.5)
     previous = {
-        "a": row("a"),
+        "a": row("a", faces=(face,), parameters={"threshold": 0.4}),
         "b": row("b", render_key="old"),
         "c": row("c"),
         "d": row("d", status=ImageStatus.FAILED, output=None),
+        "e": row("e", faces=(face.model_copy(update={"score": 0.45}),)),  # not above 0.45
+        "f": row("f", score_floor=None),  # written before floors were recorded
     }
-    outputs = {"a": "o", "b": "o", "c": "edited"}
-    rows = up_to_date_rows(images, previous, outputs, lambda image: "k")
+    outputs = {"a": "o", "b": "o", "c": "edited", "e": "o", "f": "o"}
+    rows = up_to_date_rows(images, previous, outputs, lambda image: "k", threshold=0.45)
     assert list(rows) == ["a"]
     assert rows["a"].status is ImageStatus.UNCHANGED
+    assert rows["a"].parameters == {"threshold": 0.45}  # the threshold it holds for now
 
 
 def test_file_fingerprints_skip_the_manifest_folder(tmp_path) -> None:

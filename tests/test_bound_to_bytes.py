@@ -214,12 +214,13 @@ def test_replacing_a_file_changes_its_fingerprint_or_makes_it_racy(
         source_fingerprint=old_fingerprint,
         output_fingerprint="out",
         render_key="key-with-" + old_fingerprint,
+        score_floor=0.1,
         model_sha256="0",
         package_version="0",
         listed_at_ns=listed_at_ns,
     )
     key = "key-with-" + new_fingerprint  # render keys digest the source fingerprint
-    trusted = is_up_to_date(image, prior, key, lambda relative: "out")
+    trusted = is_up_to_date(image, prior, key, 0.4, lambda relative: "out")
     assert not trusted or content == other
 
 

@@ -151,9 +151,11 @@ def test_each_field_is_in_the_keys_or_declared_neutral(model, name, base, change
 @settings(max_examples=60, deadline=None)
 @given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_threshold_changes_detections_only_through_the_floor(first: float, second: float) -> None:
+    """And no render key: it changes an output only through the faces it masks, which the
+    planner compares with the output's (tests/test_threshold_reruns.py)."""
     one = _keys(DetectionSettings(threshold=first))
     two = _keys(DetectionSettings(threshold=second))
-    assert (one[0] == two[0]) == (first == second)
+    assert one[0] == two[0]
     same_floor = min(first, SCORE_FLOOR) == min(second, SCORE_FLOOR)
     assert (one[1] == two[1]) == same_floor
 

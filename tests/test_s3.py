@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_tasks.core.settings import DetectionSettings, RunSettings
+from anon_tasks.core.settings import AnonymizeMethod, DetectionSettings, MaskSettings, RunSettings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -278,7 +278,8 @@ def test_result_storage_on_s3(s3, s3_endpoint, astronaut_rgb) -> None:
     again = anonymize_dataset(
         f"s3://{BUCKET}/raw",
         f"s3://{BUCKET}/anon",
-        DetectionSettings(device="cpu", threshold=0.2),  # new threshold: masks again, no model
+        DetectionSettings(device="cpu"),
+        MaskSettings(method=AnonymizeMethod.SOLID),  # another method: masks again, no model
         run=RunSettings(
             shard_size=2,
             caption_note="faces are blurred",

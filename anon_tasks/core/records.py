@@ -143,6 +143,11 @@ class ManifestRow(_Record):
         "threshold: left unmasked, so the faces most likely to be leaks. A rerun with a lower "
         "threshold masks them without running the model.",
     )
+    score_floor: float | None = Field(
+        default=None,
+        description="The score down to which faces and near misses together list every "
+        "candidate the detector found (null in rows written before it was recorded).",
+    )
     error: str | None = None
     source_fingerprint: str
     source_sha256: str | None = Field(

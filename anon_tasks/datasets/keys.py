@@ -42,8 +42,9 @@ __all__ = [
     "shard_detection_key",
 ]
 
-#: Bumped whenever what a stored record means changes (2: records carry the bytes' SHA-256).
-KEY_SCHEMA = 2
+#: Bumped whenever what a stored record means changes (2: records carry the bytes' SHA-256;
+#: 3: the render key leaves the threshold to ``planning.masks_hold``).
+KEY_SCHEMA = 3
 
 _RUN_ORGANISATION = frozenset(
     {
@@ -59,9 +60,12 @@ _RUN_ORGANISATION = frozenset(
 )
 
 #: Fields that cannot change an output's bytes or its sidecars: where and how the work runs.
+#: The threshold changes an output only through the faces it masks: the planner compares those
+#: with the ones the output has (``planning.masks_hold``), so a threshold rerun renders again
+#: only the images where a candidate crosses from one side of it to the other.
 OUTPUT_NEUTRAL_FIELDS: Mapping[type[BaseModel], frozenset[str]] = MappingProxyType(
     {
-        DetectionSettings: frozenset({"device", "intra_op_threads"}),
+        DetectionSettings: frozenset({"device", "intra_op_threads", "threshold"}),
         MaskSettings: frozenset(),
         OutputSettings: frozenset(),
         RunSettings: _RUN_ORGANISATION,

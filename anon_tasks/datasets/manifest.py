@@ -192,9 +192,12 @@ def _jsonl(rows: Iterable[ManifestRow]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def unchanged_row(previous: ManifestRow) -> ManifestRow:
-    """The row of an image whose output is already up to date: the previous row, ``unchanged``."""
-    return previous.model_copy(update={"status": ImageStatus.UNCHANGED})
+def unchanged_row(previous: ManifestRow, threshold: float) -> ManifestRow:
+    """The row of an image whose output is already up to date at ``threshold``: the previous
+    row, ``unchanged``, recording that threshold (it masks the same faces: see
+    ``planning.masks_hold``)."""
+    parameters = {**previous.parameters, "threshold": threshold}
+    return previous.model_copy(update={"status": ImageStatus.UNCHANGED, "parameters": parameters})
 
 
 def manifest_parameters(detection: DetectionSettings, masking: MaskSettings) -> dict[str, object]:

@@ -3,8 +3,9 @@
 An image must be redone unless its output is already what this run would write.
 
 An image is up to date when the previous manifest recorded it as written (or unchanged) under
-the same render key, and its output in dest still has the fingerprint recorded then. Everything
-the output depends on is in the render key, so nothing else needs checking, and nothing is read.
+the same render key, its output in dest still has the fingerprint recorded then, and this run's
+threshold masks exactly the faces that output has masked (``masks_hold``). Everything else the
+output depends on is in the render key, so nothing else needs checking, and nothing is read.
 
 Racy files (as git calls them): a local fingerprint holds the file's status-change time, which
 a copy cannot forge, but a file replaced within the same clock tick as the listing that
@@ -39,6 +40,7 @@ __all__ = [
     "RunPlan",
     "is_racy",
     "is_up_to_date",
+    "masks_hold",
     "plan_run",
     "up_to_date_rows",
 ]
@@ -49,6 +51,9 @@ RACY_WINDOW_NS = 20_000_000
 #: Typical images per shard when ``run.shard_size`` is unset (weighted by file size).
 DEFAULT_SHARD_SIZE = 32
 _CTIME = re.compile(r"(?:^|:)ctime_ns:(\d+)(?::|$)")
+#: Manifest rows keep scores to 4 decimals: a candidate recorded within this of a threshold
+#: may lie on either side of it.
+SCORE_ROUNDING = 1e-4
 
 
 def is_racy(fingerprint: str, listed_at_ns: int | None) -> bool:
@@ -65,18 +70,39 @@ def is_racy(fingerprint: str, listed_at_ns: int | None) -> bool:
     return int(found.group(1)) >= listed_at_ns - RACY_WINDOW_NS
 
 
+def masks_hold(prior: ManifestRow, threshold: float) -> bool:
+    """Whether ``threshold`` masks exactly the faces ``prior``'s output has masked.
+
+    The row lists every candidate above its ``score_floor``: the masked faces and the near
+    misses. The masks hold when that floor is at or under ``threshold`` (so no unlisted
+    candidate can be above it), every masked face scores above it and every near miss at or
+    under it, each by more than the manifest's rounding. Anything less certain renders again:
+    a row without a floor (written before it was recorded), a candidate on the line.
+    """
+    floor = prior.score_floor
+    return (
+        floor is not None
+        and floor <= threshold
+        and all(face.score - SCORE_ROUNDING > threshold for face in prior.faces)
+        and all(miss.score + SCORE_ROUNDING <= threshold for miss in prior.near_misses)
+    )
+
+
 def is_up_to_date(
     image: ImageRef,
     prior: ManifestRow | None,
     key: str,
+    threshold: float,
     fingerprint_of: Callable[[str], str | None],
 ) -> bool:
-    """Whether ``image``'s output in dest is already what a run with render ``key`` would write.
+    """Whether ``image``'s output in dest is already what a run with render ``key`` and
+    ``threshold`` would write.
 
     Args:
         image: The source image.
         prior: Its row in the previous manifest, if any.
         key: The render key this run would give it.
+        threshold: This run's threshold (``masks_hold``).
         fingerprint_of: The current fingerprint of a file in dest by relative path (None when
             it is missing).
     """
@@ -84,6 +110,7 @@ def is_up_to_date(
         prior is not None
         and prior.status in (ImageStatus.WRITTEN, ImageStatus.UNCHANGED)
         and prior.render_key == key
+        and masks_hold(prior, threshold)
         and not is_racy(image.fingerprint, prior.listed_at_ns)
         and prior.output is not None
         and prior.output_fingerprint is not None
@@ -97,6 +124,7 @@ def up_to_date_rows(
     previous: Mapping[str, ManifestRow],
     output_fingerprints: Mapping[str, str],
     key_for: Callable[[ImageRef], str],
+    threshold: float,
 ) -> dict[str, ManifestRow]:
     """The ``unchanged`` rows of the images that need no work, by source path.
 
@@ -105,12 +133,17 @@ def up_to_date_rows(
         previous: The previous manifest's rows by source path.
         output_fingerprints: Fingerprints of the files now in dest, by relative path.
         key_for: The render key this run would give an image.
+        threshold: This run's threshold.
     """
     return {
-        image.relative_path: unchanged_row(previous[image.relative_path])
+        image.relative_path: unchanged_row(previous[image.relative_path], threshold)
         for image in images
         if is_up_to_date(
-            image, previous.get(image.relative_path), key_for(image), output_fingerprints.get
+            image,
+            previous.get(image.relative_path),
+            key_for(image),
+            threshold,
+            output_fingerprints.get,
         )
     }
 
@@ -200,6 +233,7 @@ def plan_run(
         previous,
         file_fingerprints(dest, skip_dir=MANIFEST_DIR, options=storage.options),
         render.key,
+        render.detection.threshold,
     )
     shards = stable_shards(
         own_images,

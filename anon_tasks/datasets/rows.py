@@ -52,19 +52,23 @@ def written_row(
     near_misses: Iterable[Face] = (),
     content_sha256: str | None,
     render_key: str,
+    score_floor: float | None,
     output_fingerprint: str | None,
     sidecars: Mapping[str, str | None],
     refused_sidecars: tuple[str, ...] = (),
 ) -> ManifestRow:
     """The row of an image whose masked output (and sidecars) were just written to dest.
 
-    ``render_key`` is ``render.key(image)``, as the mask task computed it.
+    ``render_key`` is ``render.key(image)``, as the mask task computed it; ``score_floor`` the
+    score down to which ``faces`` and ``near_misses`` hold every candidate (None when unknown:
+    the next run then renders the image again at any threshold).
     """
     return ManifestRow(
         output=image.relative_path,
         status=ImageStatus.WRITTEN,
         faces=manifest_faces(faces),
         near_misses=manifest_faces(near_misses),
+        score_floor=score_floor,
         output_fingerprint=output_fingerprint,
         sidecars={relative: fingerprint or "" for relative, fingerprint in sidecars.items()},
         refused_sidecars=refused_sidecars,

@@ -62,6 +62,8 @@ class MaskedImage:
     error: str | None = None
     previous: ManifestRow | None = None
     content_sha256: str | None = None
+    #: The score down to which ``faces`` and ``near_misses`` hold every candidate.
+    score_floor: float | None = None
 
     def __repr__(self) -> str:
         size = len(self.content) if self.content is not None else 0
@@ -100,13 +102,14 @@ def _sidecars(
     return tuple(copies), tuple(refused)
 
 
-def _redetect(decoded: DecodedImage, render: RenderSpec) -> tuple[Face, ...]:
-    """Candidates in pixels whose bytes changed since detection, found again under a lease.
+def _redetect(decoded: DecodedImage, render: RenderSpec) -> tuple[tuple[Face, ...], float]:
+    """Candidates in pixels whose bytes changed since detection, found again under a lease,
+    and the score they are kept down to.
 
     The only place masking runs the model; a session is created only when this happens.
     """
     with leased_detector(render.detection) as (_, detector):
-        return find_faces(detector, decoded)
+        return find_faces(detector, decoded), detector.score_floor
 
 
 @task(name="mask-faces", cache_policy=NO_CACHE, persist_result=False, retries=2)
@@ -170,6 +173,7 @@ def mask_faces(
             image,
             prior,
             key,
+            threshold,
             lambda relative: file_fingerprint(join_url(dest, relative), storage.options),
         ):
             unchanged = MaskedImage(
@@ -183,7 +187,7 @@ def mask_faces(
             )
             return unchanged, False, False
         was_read = redetected = False
-        candidates = found.faces
+        candidates, floor = found.faces, found.score_floor
         digest = found.content_sha256
         try:
             url = join_url(source, image.relative_path)
@@ -199,7 +203,7 @@ def mask_faces(
                         "%s changed since its faces were found: finding them again",
                         image.relative_path,
                     )
-                    candidates = _redetect(pixels, render)
+                    candidates, floor = _redetect(pixels, render)
                     digest = content_digest(content)
                     redetected = True
             if not redetected and found.score_floor > threshold:
@@ -211,7 +215,7 @@ def mask_faces(
                     found.score_floor,
                     threshold,
                 )
-                candidates = _redetect(pixels, render)
+                candidates, floor = _redetect(pixels, render)
                 redetected = True
             faces = faces_above(candidates, threshold)
             encoded = encode_image(
@@ -245,6 +249,7 @@ def mask_faces(
             render_key=key,
             previous=prior,
             content_sha256=digest,
+            score_floor=floor,
         )
         return written, was_read, redetected
 

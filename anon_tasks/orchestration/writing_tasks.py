@@ -112,7 +112,7 @@ def write_images(
             )
             continue
         if item.status is ImageStatus.UNCHANGED and item.previous is not None:
-            rows.append(unchanged_row(item.previous))
+            rows.append(unchanged_row(item.previous, render.detection.threshold))
             continue
         content = _check_masked(item)
         written: dict[str, str | None] = {}
@@ -148,6 +148,7 @@ def write_images(
                 near_misses=item.near_misses,
                 content_sha256=item.content_sha256,
                 render_key=item.render_key or render.key(image),
+                score_floor=item.score_floor,
                 output_fingerprint=output_fingerprint,
                 sidecars=written,
                 refused_sidecars=item.refused_sidecars,
