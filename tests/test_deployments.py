@@ -106,6 +106,25 @@ def prefect_server(tmp_path):
         stop_group(server)
 
 
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def api(env: dict[str, str], path: str, body: dict | None = None) -> dict | list:
+    """GET from the server's API, or POST ``body`` as JSON."""
+    if body is None:
+        return get_json(env["PREFECT_API_URL"] + path)
+    request = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
 def prefect_cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
     result = subprocess.run(
         [str(BIN / "prefect"), "--no-prompt", *args],

@@ -13,13 +13,18 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tests.test_deployments import BIN, prefect_cli, prefect_server, stop_group  # noqa: F401
+from tests.test_deployments import (  # noqa: F401 (prefect_server: the fixture)
+    BIN,
+    api,
+    prefect_cli,
+    prefect_server,
+    stop_group,
+)
 
 RUN_WAIT_SECONDS = 240
 ACTION_WAIT_SECONDS = 60
@@ -50,17 +55,12 @@ def _runs(env: dict[str, str]) -> list[dict]:
 
 def _failed_actions(env: dict[str, str]) -> dict[str, str]:
     """Every prefect.automation.action.failed event in the feed: id -> reason."""
-    request = urllib.request.Request(
-        env["PREFECT_API_URL"] + "/events/filter",
-        data=json.dumps(
-            {"filter": {"event": {"name": ["prefect.automation.action.failed"]}}, "limit": 50}
-        ).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+    found = api(
+        env,
+        "/events/filter",
+        {"filter": {"event": {"name": ["prefect.automation.action.failed"]}}, "limit": 50},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        events = json.load(response)["events"]
-    return {event["id"]: event["payload"].get("reason", "") for event in events}
+    return {event["id"]: event["payload"].get("reason", "") for event in found["events"]}
 
 
 def _emit(env: dict[str, str], resource_id: str, payload: dict[str, str]) -> None:

@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.faces import ASTRONAUT_FACE_XYXY, MIRRORED_FACE_XYXY, face_hidden
-from tests.test_deployments import BIN, prefect_cli, stop_group
+from tests.test_deployments import BIN, api, get_json, prefect_cli, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -45,25 +44,6 @@ TYPE_NAME = re.compile(r"\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")
 TYPE_MARKER = re.compile(r"[\[\]()<>|{}]|\bOptional\b|\bNone\b")
 #: Markup shown raw, or what is left after markdown ate an <angle-bracketed> word.
 RAW_MARKUP = re.compile(r"[<>`]|\*\*|&lt;|&gt;|\]\(|\bEmpty:\s*(?:[.,;:)]|$)")
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def api(env: dict[str, str], path: str, body: dict | None = None) -> dict | list:
-    """GET from the server's API, or POST ``body`` as JSON."""
-    if body is None:
-        return get_json(env["PREFECT_API_URL"] + path)
-    request = urllib.request.Request(
-        env["PREFECT_API_URL"] + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
 
 
 def ui_base(env: dict[str, str]) -> str:
