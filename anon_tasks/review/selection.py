@@ -9,6 +9,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from anon_tasks.core.records import ImageStatus, ManifestRow
 
@@ -16,6 +17,8 @@ __all__ = ["ScoreBand", "pages_of", "review_order", "score_bands", "shown_rows"]
 
 #: Width of the score bands between the floor and the threshold.
 BAND_WIDTH = 0.1
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,12 @@ def shown_rows(rows: Iterable[ManifestRow], limit: int) -> tuple[list[ManifestRo
     return ordered[:limit], len(ordered)
 
 
-def pages_of(rows: Sequence[ManifestRow], page_size: int) -> list[Sequence[ManifestRow]]:
-    """``rows`` cut into pages of at most ``page_size``; one empty page when there are none."""
+def pages_of(items: Sequence[T], page_size: int) -> list[Sequence[T]]:
+    """``items`` (rows, or anything kept beside them) cut into pages of at most ``page_size``;
+    one empty page when there are none."""
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
-    return [rows[start : start + page_size] for start in range(0, len(rows), page_size)] or [[]]
+    return [items[start : start + page_size] for start in range(0, len(items), page_size)] or [[]]
 
 
 def _band_edges(floor: float, threshold: float) -> list[float]:

@@ -121,18 +121,21 @@ def _tile(
     (replaced, a link swapped in, gone) or cannot be read."""
     output = row.output or ""
     url = join_url(request.dest, output)
+
+    def check_as_written() -> None:
+        if file_fingerprint(url, request.options) != row.output_fingerprint:
+            raise FileNotFoundError("it is not the file the run wrote")
+
     try:
         if earlier.has(key):
-            if file_fingerprint(url, request.options) != row.output_fingerprint:
-                raise FileNotFoundError("it is not the file the run wrote")
+            check_as_written()
             copied = earlier.take(key)
             if copied is not None:
                 return copied, _COPIED
         content = read_bytes(url, request.options)
         # Checked after the read: bytes read from a file that was not the run's, or that was
         # swapped during the read, fail it (a check before the read would add nothing).
-        if file_fingerprint(url, request.options) != row.output_fingerprint:
-            raise FileNotFoundError("it is not the file the run wrote")
+        check_as_written()
     except (FileNotFoundError, ImageError) as exc:
         logger.warning("no review thumbnail of %s: %s", output, exc)
         return no_preview_tile(), _MISSING
@@ -185,9 +188,8 @@ def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | N
         files[name] = file_fingerprint(target, request.options)
 
     made: Counter[str] = Counter()
-    for number, page in enumerate(pages, start=1):
-        first = (number - 1) * PAGE_SIZE
-        page_keys = keys[first : first + len(page)]
+    key_pages = pages_of(keys, PAGE_SIZE)
+    for number, (page, page_keys) in enumerate(zip(pages, key_pages, strict=True), start=1):
         sheet = sheet_name(number, sheet_digest(page_keys))
         kept = earlier.unchanged(sheet, page_keys)
         if kept is not None:
