@@ -17,9 +17,9 @@ Prefect runs on its temporary server (started once, not timed); the review itsel
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -33,20 +33,13 @@ from _common import DEFAULT_DATASET, image_files, machine_description
 
 logger = logging.getLogger("threshold_rerun")
 
-_COUNTS = re.compile(r"thumbnails: (\d+) drawn, (\d+) copied, (\d+) on unchanged sheets")
 
+def _thumbnails(dest: Path) -> str:
+    """What the review in ``dest`` last drew, as its record counts it."""
+    from anon_tasks.review import REVIEW_DIR
 
-class _Counts(logging.Handler):
-    """Keeps the review writer's last count of thumbnails drawn, copied and kept."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.last = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = _COUNTS.search(record.getMessage())
-        if found:
-            self.last = "{} drawn, {} copied, {} kept on unchanged sheets".format(*found.groups())
+    made = json.loads((dest / REVIEW_DIR / "review.json").read_text())["thumbnails"]
+    return "{drawn} drawn, {copied} copied, {kept} kept on unchanged sheets".format(**made)
 
 
 def main() -> None:
@@ -68,10 +61,6 @@ def main() -> None:
     from anon_tasks.flows import anonymize_dataset
     from anon_tasks.review import REVIEW_DIR, ReviewRequest, write_review
 
-    counts = _Counts()
-    writer_logger = logging.getLogger("anon_tasks.review.writer")
-    writer_logger.addHandler(counts)
-    writer_logger.setLevel(logging.INFO)
     first = DetectionSettings(device="cpu", threshold=args.threshold)
     second = DetectionSettings(device="cpu", threshold=args.rerun_threshold)
     logger.info("machine: %s", machine_description())
@@ -94,7 +83,7 @@ def main() -> None:
             "%d unchanged, %d inferred",
             args.rerun_threshold,
             rerun_seconds,
-            counts.last,
+            _thumbnails(dest),
             summary.images_written,
             summary.images_unchanged,
             summary.images_inferred,
@@ -115,7 +104,7 @@ def main() -> None:
                 started = time.perf_counter()
                 write_review(rows, request)
                 timings[case].append(time.perf_counter() - started)
-                drew[case] = counts.last
+                drew[case] = _thumbnails(dest)
     medians = {case: statistics.median(seconds) for case, seconds in timings.items()}
     for case, seconds in medians.items():
         logger.info(
@@ -127,8 +116,6 @@ def main() -> None:
 def _refingerprint(folder: Path) -> None:
     """Rewrite the copied record's fingerprints with the copies' own, as if this review folder
     had been written where it is (a copy of a folder is otherwise not "as written")."""
-    import json
-
     from anon_tasks.storage.fingerprints import file_fingerprint
 
     path = folder / "review.json"

@@ -220,6 +220,7 @@ def write_review(rows: Sequence[ManifestRow], request: ReviewRequest) -> str | N
         "bands": [band.__dict__ for band in context.bands],
         "files": files,
         "sheets": sheets,
+        "thumbnails": {how: made[how] for how in (_DRAWN, _COPIED, _KEPT, _MISSING)},
     }
     write(_RECORD, json.dumps(record, indent=2).encode("utf-8"))
     logger.info(

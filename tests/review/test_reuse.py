@@ -4,8 +4,6 @@ and sheets are those a review drawn from scratch would have."""
 from __future__ import annotations
 
 import json
-import logging
-import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from anon_tasks.storage.fingerprints import file_fingerprint
 from tests.review.rows import FLOOR, THRESHOLD, row
 
 RED = (230, 20, 20)
-_COUNTS = re.compile(r"thumbnails: (\d+) drawn, (\d+) copied, (\d+) on unchanged sheets")
 
 
 def _colour(index: int, version: int = 0) -> tuple[int, int, int]:
@@ -62,25 +59,14 @@ def _request(dest: Path) -> ReviewRequest:
 def _review(rows: list[ManifestRow], dest: Path) -> tuple[int, int, int] | None:
     """Writes the review; how many thumbnails it drew, copied and kept on unchanged sheets
     (None when the rows and the page are those of the review already there: nothing drawn)."""
-    logger = logging.getLogger("anon_tasks.review.writer")
-    messages: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        write_review(rows, _request(dest))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    if any(message.startswith("review page unchanged") for message in messages):
+    record_path = dest / REVIEW_DIR / "review.json"
+    before = json.loads(record_path.read_text())["digest"] if record_path.exists() else None
+    write_review(rows, _request(dest))
+    record = json.loads(record_path.read_text())
+    if record["digest"] == before:
         return None
-    (counts,) = [
-        _COUNTS.search(message).groups() for message in messages if _COUNTS.search(message)
-    ]
-    drawn, copied, kept = (int(count) for count in counts)
-    return drawn, copied, kept
+    made = record["thumbnails"]
+    return made["drawn"], made["copied"], made["kept"]
 
 
 def _pages(dest: Path) -> dict[str, object]:
